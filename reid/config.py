@@ -1,0 +1,443 @@
+"""Typed configuration: nested dataclasses, loaded from YAML, overridden with dotted keys.
+
+    cfg = load_config("configs/synthetic.yaml", ["optim.lr=3e-4", "model.fusion.num_heads=8"])
+
+Precedence: command-line overrides > YAML > the defaults below. An unknown key anywhere (YAML or
+override), a value of the wrong type or an impossible value raises :class:`ConfigError` naming the
+dotted path, e.g. ``model.fusion.num_head: unknown key (did you mean 'num_heads'?)``.
+
+Builders receive their own section (``build_model(cfg.model, ...)``); derived values (the number of
+training identities, the encoder's pixel statistics) are passed as arguments, never written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from reid.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthConfig:
+    """The embedded default: a synthetic dataset in CUHK-PEDES format, generated on first use."""
+
+    num_ids: int = 120
+    seed: int = 0
+    image_size: tuple[int, int] = (128, 64)  # (H, W) of the rendered images
+
+    def validate(self, path: str) -> None:
+        _check(self.num_ids >= 10, f"{path}.num_ids", "must be >= 10 (train/val/test need identities)")
+        _check(min(self.image_size) >= 32, f"{path}.image_size", "both sides must be >= 32 pixels")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time image augmentation (evaluation only resizes and normalises)."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    pad: int = 10  # pad-and-random-crop border in pixels; 0 switches it off
+    erasing: float = 0.5  # random-erasing probability
+
+    def validate(self, path: str) -> None:
+        _check(0.0 <= self.hflip <= 1.0, f"{path}.hflip", "must be a probability in [0, 1]")
+        _check(0.0 <= self.erasing <= 1.0, f"{path}.erasing", "must be a probability in [0, 1]")
+        _check(self.pad >= 0, f"{path}.pad", "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cuhk_pedes", "icfg_pedes", "rstpreid"] = "cuhk_pedes"
+    root: str = ""  # dataset directory; "" = the synthetic dataset, generated into cache_dir
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+    cache_dir: str = ""  # arrow / tokenizer / synthetic cache; "" = $REID_CACHE or ~/.cache/reid
+    image_size: tuple[int, int] = (224, 224)  # (H, W) fed to the image encoder
+    pixel_mean: Optional[tuple[float, float, float]] = None  # None = the encoder's statistics
+    pixel_std: Optional[tuple[float, float, float]] = None
+    text_max_length: int = 100
+    tokenizer: str = ""  # "" = the text encoder's directory, or a vocabulary built for the data
+    id_text: Literal["id", "full"] = "id"  # which text trains the identity branch
+    negatives: Literal["random", "hard"] = "random"  # how the is_matched=0 cloth caption is drawn
+    hard_topk: int = 5  # "hard": draw among the k most similar cloth captions of other ids
+    sampler: Literal["random", "identity"] = "identity"  # identity = P x K batches
+    num_instances: int = 4  # K of P x K
+    batch_size: int = 64  # per process
+    num_workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_bad_images: int = 50  # unreadable images skipped during training before it stops
+
+    def validate(self, path: str) -> None:
+        _check(min(self.image_size) >= 16, f"{path}.image_size", "both sides must be >= 16 pixels")
+        _check(self.text_max_length >= 8, f"{path}.text_max_length", "must be >= 8 tokens")
+        _check(self.batch_size >= 2, f"{path}.batch_size", "must be >= 2 (contrastive terms need negatives)")
+        _check(self.num_workers >= 0, f"{path}.num_workers", "must be >= 0")
+        _check(self.hard_topk >= 1, f"{path}.hard_topk", "must be >= 1")
+        _check(self.max_bad_images >= 0, f"{path}.max_bad_images", "must be >= 0")
+        _check(self.num_instances >= 1, f"{path}.num_instances", "must be >= 1")
+        if self.sampler == "identity":
+            _check(
+                self.batch_size % self.num_instances == 0,
+                f"{path}.batch_size",
+                f"must be a multiple of data.num_instances ({self.num_instances}) for P x K batches",
+            )
+        for name in ("pixel_mean", "pixel_std"):
+            value = getattr(self, name)
+            if value is not None and name == "pixel_std":
+                _check(min(value) > 0, f"{path}.{name}", "must be > 0")
+
+
+@dataclass
+class EncoderConfig:
+    """A Hugging Face encoder: loaded from a local directory, or built from a preset (random init)."""
+
+    path: str = ""  # local directory with config.json + weights; "" = build `preset` from scratch
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class FusionConfig:
+    type: str = "attention_gated"  # "attention_gated" or "none"
+    dim: int = 256
+    num_heads: int = 4
+    output_dim: int = 256
+    dropout: float = 0.1
+
+    def validate(self, path: str) -> None:
+        _check(self.dim > 0 and self.output_dim > 0, f"{path}.dim", "dimensions must be > 0")
+        _check(self.num_heads > 0, f"{path}.num_heads", "must be > 0")
+        if self.num_heads > 0:
+            _check(self.dim % self.num_heads == 0, f"{path}.num_heads", f"must divide dim ({self.dim})")
+        _check(0.0 <= self.dropout < 1.0, f"{path}.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    image_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    shared_dim: int = 512  # shared_mlp: hidden -> shared_dim
+    embed_dim: int = 256  # image_mlp / text_mlp output, the retrieval embedding
+    mlp_dropout: float = 0.2  # the seed's Dropout(0.2) in image_mlp / text_mlp
+
+    def validate(self, path: str) -> None:
+        _check(self.shared_dim > 0, f"{path}.shared_dim", "must be > 0")
+        _check(self.embed_dim > 0, f"{path}.embed_dim", "must be > 0")
+        _check(0.0 <= self.mlp_dropout < 1.0, f"{path}.mlp_dropout", "must be in [0, 1)")
+        if self.fusion.type != "none":
+            _check(
+                self.fusion.dim == self.embed_dim,
+                f"{path}.fusion.dim",
+                f"must equal model.embed_dim ({self.embed_dim}): fusion takes the 256-d embeddings",
+            )
+
+
+@dataclass
+class LossWeights:
+    """Weight of each term in the total; 0 skips the term's computation entirely."""
+
+    info_nce: float = 1.0
+    cls: float = 1.0
+    bio: float = 1.0
+    cloth: float = 0.5
+    cloth_adv: float = 0.1
+    cloth_match: float = 0.5  # the seed's value
+    decouple: float = 0.3  # the seed's value
+    fusion_match: float = 0.0  # not in the seed: trains the fusion module as a pair-matching head
+
+    def validate(self, path: str) -> None:
+        for f in dataclasses.fields(self):
+            _check(getattr(self, f.name) >= 0.0, f"{path}.{f.name}", "must be >= 0")
+
+
+@dataclass
+class AlphaSchedule:
+    """GRL strength per epoch: alpha = min(max, start + step * epoch) (the seed: 0.1, 0.02, 1.0)."""
+
+    start: float = 0.1
+    step: float = 0.02
+    max: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _check(self.start >= 0 and self.step >= 0 and self.max >= 0, path, "start/step/max must be >= 0")
+
+    def at(self, epoch: int) -> float:
+        return min(self.max, self.start + self.step * epoch)
+
+
+@dataclass
+class ClothMatchConfig:
+    form: Literal["pair", "seed"] = "pair"  # pair = logistic on labelled pairs; seed = InfoNCE
+
+
+@dataclass
+class DecoupleConfig:
+    form: Literal["xcorr", "seed"] = "xcorr"  # xcorr = batch cross-correlation; seed = projector |cos|
+    projector_dim: int = 256  # seed form: id/cloth_embed_projector output size
+
+
+@dataclass
+class DisentangleConfig:
+    """The seed's `disentangle` section: GRL placement and schedule, and the seven loss terms."""
+
+    grl: Literal["cloth_branch", "adversary"] = "cloth_branch"  # the seed: cloth_branch
+    alpha: AlphaSchedule = field(default_factory=AlphaSchedule)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    temperature: float = 0.1  # the seed's InfoNCE temperature
+    learnable_temperature: bool = False
+    label_smoothing: float = 0.0  # for `cls`
+    cloth_match: ClothMatchConfig = field(default_factory=ClothMatchConfig)
+    decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
+
+    def validate(self, path: str) -> None:
+        _check(self.temperature > 0, f"{path}.temperature", "must be > 0")
+        _check(0.0 <= self.label_smoothing < 1.0, f"{path}.label_smoothing", "must be in [0, 1)")
+        _check(self.decouple.projector_dim > 0, f"{path}.decouple.projector_dim", "must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with two parameter groups: pretrained encoders at `lr`, new heads at `head_lr`."""
+
+    lr: float = 1e-5
+    head_lr: float = 1e-4
+    weight_decay: float = 0.01  # never applied to norms, biases and temperatures
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0  # optimizer steps of linear warm-up
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of each group's lr
+
+    def validate(self, path: str) -> None:
+        _check(self.lr > 0, f"{path}.lr", "must be > 0")
+        _check(self.head_lr > 0, f"{path}.head_lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
+        _check(all(0.0 <= b < 1.0 for b in self.betas), f"{path}.betas", "must be in [0, 1)")
+        _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"{path}.min_lr_ratio", "must be in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    grad_accum: int = 1  # micro-batches per optimizer step (the one place it is set)
+    max_grad_norm: float = 5.0  # clipping (the one place it is set); 0 = off
+    seed: int = 42
+    output_dir: str = "runs"
+    run_name: str = ""  # "" = <config name>-<timestamp>
+    log_every: int = 10  # optimizer steps between TensorBoard points
+    save_every: int = 0  # optimizer steps between checkpoints (0 = at epoch ends only)
+    keep_last: int = 2  # checkpoints kept
+    eval_every: int = 1  # epochs between val evaluations (0 = only at the end)
+    max_bad_steps: int = 5  # consecutive non-finite losses (skipped) before the run stops
+    compile: bool = False  # torch.compile the encoders
+    max_shard_size: str = "2GB"  # safetensors shard size of the exported model
+    progress: bool = True  # progress bar on the main process
+
+    def validate(self, path: str) -> None:
+        _check(self.epochs >= 1, f"{path}.epochs", "must be >= 1")
+        _check(self.max_steps >= 0, f"{path}.max_steps", "must be >= 0")
+        _check(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")
+        _check(self.max_grad_norm >= 0, f"{path}.max_grad_norm", "must be >= 0")
+        _check(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
+        _check(self.save_every >= 0, f"{path}.save_every", "must be >= 0")
+        _check(self.keep_last >= 1, f"{path}.keep_last", "must be >= 1")
+        _check(self.eval_every >= 0, f"{path}.eval_every", "must be >= 0")
+        _check(self.max_bad_steps >= 1, f"{path}.max_bad_steps", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["val", "test"] = "val"  # model selection uses val, never test
+    batch_size: int = 128
+    query: Literal["full", "id"] = "full"  # full captions (standard) or their identity part
+    chunk_size: int = 1024  # queries per similarity chunk (memory bound for large galleries)
+
+    def validate(self, path: str) -> None:
+        _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _check(self.chunk_size >= 1, f"{path}.chunk_size", "must be >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    disentangle: DisentangleConfig = field(default_factory=DisentangleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overriding, validating, saving
+# --------------------------------------------------------------------------------------------------
+
+
+def _check(condition: bool, path: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{path}: {message}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded
+    from_dict(Config, raw, source=source)  # report a bad YAML key against the YAML file
+    cli: dict[str, Any] = {}
+    for item in overrides:
+        _apply_override(cli, item)
+    from_dict(Config, cli, source="command-line override")
+    cfg = from_dict(Config, _merge(raw, cli), source=source)
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip().lstrip("-")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, source: str = "config", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys by dotted path."""
+    where = prefix or "<top level>"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__} ({source})")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{dotted}: unknown key{hint} ({source})")
+        kwargs[key] = _coerce(hints[key], value, dotted, source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, path)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path, source)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{path}: {value!r} is not one of {choices} ({source})")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r} ({source})")
+        return tuple(_coerce(a, v, f"{path}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r} ({source})")
+        return [_coerce(args[0], v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r} ({source})")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r} ({source})")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r} ({source})")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r} ({source})")
+    raise ConfigError(f"{path}: unsupported config type {tp!r}")  # pragma: no cover - schema bug
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Run every section's ``validate(path)`` (children first, then cross-field checks)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}.{f.name}" if prefix else f.name)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(prefix or "config")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML and trackers."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run directory keeps one beside its checkpoints)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad config key, a broken annotation file, a missing weights
+directory, a checkpoint of another model) raises a subclass of :class:`ReidError` whose message is
+one sentence naming the file / record / key at fault. The command-line entry points catch
+``ReidError`` and print ``error: <message>`` with exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ReidError(Exception):
+    """Base class of errors caused by user input (reported in one line, exit status 2)."""
+
+
+class ConfigError(ReidError, ValueError):
+    """An unknown key, a wrong type or an impossible value in a config (names its dotted path)."""
+
+
+class DataError(ReidError, ValueError):
+    """A dataset file or record that cannot be used (names the file, record index and field)."""
+
+
+class MissingWeightsError(ReidError, FileNotFoundError):
+    """A local encoder directory that does not exist (the seed raises FileNotFoundError too)."""
+
+
+class CheckpointError(ReidError, ValueError):
+    """A checkpoint or exported model that does not fit (names the first mismatching tensor)."""
