@@ -27,3 +27,20 @@ class MissingWeightsError(ReidError, FileNotFoundError):
 
 class CheckpointError(ReidError, ValueError):
     """A checkpoint or exported model that does not fit (names the first mismatching tensor)."""
+
+
+def report_user_errors(main):
+    """Decorate a command-line ``main``: a ReidError becomes ``error: <message>`` on stderr and exit
+    status 2 (no traceback); anything else is a bug and keeps its traceback."""
+    import functools
+    import sys
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ReidError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+
+    return wrapper

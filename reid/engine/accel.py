@@ -1,0 +1,87 @@
+"""Build the Accelerator, and settle DeepSpeed's "auto" values from our config (set in one place).
+
+Where each training knob is set — exactly one place each:
+
+=====================  =========================================================================
+precision              the Accelerate config / ``accelerate launch --mixed_precision`` (DeepSpeed
+                       JSONs say ``"bf16": {"enabled": "auto"}``)
+accumulation           ``train.grad_accum`` (DeepSpeed JSONs say ``"auto"``)
+clipping               ``train.max_grad_norm`` (DeepSpeed JSONs say ``"auto"``; Accelerate alone
+                       would fill 1.0)
+micro-batch size       ``data.batch_size`` (per process)
+ZeRO stage / offload   the DeepSpeed JSON named by the Accelerate config
+=====================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
+
+from reid.config import Config
+from reid.errors import ConfigError
+
+
+def build_accelerator(cfg: Config) -> Accelerator:
+    """One Accelerator for the run; gloo on CPU (DeepSpeed on CPU miscounts processes without it)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if backend == "gloo" and launched_world > 1 and not deepspeed_env:
+        # Accelerate drops `use_cpu: true` from config files on the way to the workers; without
+        # ACCELERATE_USE_CPU the processes train side by side without DDP (silently unsynced).
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    handlers = [
+        InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30)),
+        # Every trainable parameter receives a gradient each step (terms with weight 0 build no
+        # modules), so DDP needs no unused-parameter search.
+        DistributedDataParallelKwargs(find_unused_parameters=False),
+    ]
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=handlers)
+    if launched_world > 1 and (accelerator.num_processes != launched_world or accelerator.distributed_type == DistributedType.NO):
+        raise ConfigError(
+            f"launched {launched_world} processes but Accelerate sees {accelerator.num_processes} "
+            f"({accelerator.distributed_type}): on CPU use accelerate_configs/cpu_ddp.yaml or "
+            "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N"
+        )
+    if is_deepspeed(accelerator):
+        _fill_deepspeed_config(accelerator, cfg)
+    return accelerator
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator: Accelerator) -> int:
+    if not is_deepspeed(accelerator):
+        return 0
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def _fill_deepspeed_config(accelerator: Accelerator, cfg: Config) -> None:
+    """Replace the JSON's "auto" batch size and clipping by our values; refuse conflicting ones."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    settings = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_clipping": cfg.train.max_grad_norm,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+    }
+    for key, ours in settings.items():
+        theirs = ds.get(key, "auto")
+        if theirs == "auto":
+            ds[key] = ours
+        elif float(theirs) != float(ours):
+            raise ConfigError(
+                f"DeepSpeed config sets {key}={theirs} but the reid config says {ours}: set it in one "
+                f'place (write "auto" in the DeepSpeed JSON)'
+            )
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError(
+            "the DeepSpeed JSON must not define 'optimizer' or 'scheduler': reid builds AdamW with "
+            "parameter groups and sets the lr per step (see reid/engine/optim.py)"
+        )

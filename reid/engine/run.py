@@ -1,0 +1,96 @@
+"""Everything a run is built from: its directory, data, tokenizer, model, criterion, eval and export."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate.utils import broadcast_object_list, set_seed
+
+from reid.config import Config, save_config
+from reid.data import build_eval_data, build_tokenizer, build_train_data, prepare_root
+from reid.engine.checkpoint import list_checkpoints
+from reid.evaluation import evaluate
+from reid.export import export_model, pixel_stats
+from reid.losses import Criterion
+from reid.model import build_model
+from reid.model.norm import convert_sync_batchnorm
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    model: torch.nn.Module
+    criterion: Callable
+    train_data: Any
+    weights: dict[str, float]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]
+    export: Callable[[torch.nn.Module, Path], Path]
+
+
+def prepare_run_dir(cfg: Config, accelerator: Any, config_name: str, resume: str | None) -> Path:
+    """``<train.output_dir>/<train.run_name>``; the main process picks the name and tells the others."""
+    output = Path(cfg.train.output_dir)
+    name = cfg.train.run_name
+    if not name and accelerator.is_main_process:
+        name = _latest_run(output, config_name) if resume == "latest" else None
+        name = name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = [name]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(names, from_process=0)
+    run_dir = output / names[0]
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _latest_run(output: Path, config_name: str) -> str | None:
+    """The most recent run of this config that has a checkpoint (for ``--resume latest``)."""
+    runs = [p for p in output.glob(f"{config_name}-*") if list_checkpoints(p / "checkpoints")]
+    return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
+
+
+def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext:
+    set_seed(cfg.train.seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    with accelerator.local_main_process_first():
+        root = prepare_root(cfg.data)
+        tokenizer = build_tokenizer(cfg.data, root, cfg.model.text_encoder.path)
+        mean, std = pixel_stats(cfg.data, cfg.model.image_encoder.path)
+        train_data = build_train_data(
+            cfg.data, tokenizer, root=root, rank=rank, world_size=world, seed=cfg.train.seed,
+            pixel_mean=mean, pixel_std=std,
+        )
+        eval_data = build_eval_data(
+            cfg.data, tokenizer, cfg.eval.split, root=root, batch_size=cfg.eval.batch_size, rank=rank,
+            world_size=world, query=cfg.eval.query, pixel_mean=mean, pixel_std=std,
+        )
+    set_seed(cfg.train.seed)  # same initial weights whatever the data side drew
+    model = build_model(
+        cfg.model, cfg.disentangle, num_classes=train_data.num_classes, image_size=cfg.data.image_size,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    )
+    if world > 1:
+        model = convert_sync_batchnorm(model)
+    if cfg.train.compile:
+        model.compile_encoders()
+    criterion = Criterion(cfg.disentangle)
+    weights = {k: float(v) for k, v in vars(cfg.disentangle.loss_weights).items()}
+    meta = {"num_classes": train_data.num_classes, "image_size": list(cfg.data.image_size),
+            "pixel_mean": list(mean), "pixel_std": list(std)}
+
+    def export(model_: torch.nn.Module, out: Path) -> Path:
+        return export_model(accelerator, model_, out, cfg=cfg, tokenizer=tokenizer, meta=meta)
+
+    def run_eval(model_: torch.nn.Module) -> dict[str, float]:
+        return evaluate(model_, eval_data, accelerator, chunk_size=cfg.eval.chunk_size)
+
+    if cfg.eval.split == "test":
+        accelerator.print("warning: eval.split=test: model selection on the test split inflates results")
+    return RunContext(run_dir, model, criterion, train_data, weights, run_eval, export)
+

@@ -1,0 +1,282 @@
+"""The training loop: one Accelerator, one prepared model + optimizer, our own sampler and schedule.
+
+``fit(cfg)`` builds everything from its config section, resumes if asked, trains with gradient
+accumulation, logs every term, checkpoints atomically, evaluates on val (never test) and exports
+the best and the final model as sharded safetensors. Accelerate owns device, precision and
+distribution; the data loader is *not* prepared: ``GlobalBatchSampler`` already gives each rank its
+slice of the global batch, in an order that a resumed run can re-create and skip into.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reid.config import Config
+from reid.data import keys
+from reid.engine.accel import build_accelerator, is_deepspeed
+from reid.engine.checkpoint import check_compatible, parameter_shapes, resolve_resume, save_checkpoint
+from reid.engine.optim import apply_lr, build_optimizer
+from reid.engine.run import RunContext, build_components, prepare_run_dir
+from reid.engine.signals import StopRequest
+from reid.engine.state import TrainState
+from reid.engine.tracking import Meters, RunWriter, tagged
+from reid.errors import ReidError
+
+
+class TrainingError(ReidError):
+    """Training cannot go on (too many non-finite losses, too many unreadable images)."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    state: TrainState
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False  # a stop request (signal / stop file) ended the run after a checkpoint
+    exports: dict[str, Path] = field(default_factory=dict)
+
+
+def fit(cfg: Config, *, config_name: str = "run", resume: str | None = None) -> FitResult:
+    """Train ``cfg`` to the end (or to a stop request); returns where everything went."""
+    accelerator = build_accelerator(cfg)
+    run_dir = prepare_run_dir(cfg, accelerator, config_name, resume)
+    ctx = build_components(cfg, accelerator, run_dir)
+    trainer = _Trainer(cfg, accelerator, ctx)
+    try:
+        return trainer.run(resume)
+    finally:
+        trainer.close()
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, accelerator: Any, ctx: RunContext) -> None:
+        self.cfg, self.accelerator, self.ctx = cfg, accelerator, ctx
+        self.state = TrainState()
+        self.raw_model = ctx.model
+        optimizer = build_optimizer(ctx.model, cfg.optim, fused=accelerator.device.type == "cuda")
+        self.model, self.optimizer = accelerator.prepare(ctx.model, optimizer)
+        accelerator.register_for_checkpointing(self.state)
+        self.deepspeed = is_deepspeed(accelerator)
+        self.writer = RunWriter(ctx.run_dir, enabled=accelerator.is_main_process)
+        self.meters = Meters()
+        self.stop = StopRequest(ctx.run_dir / "STOP").install()
+        if accelerator.is_main_process:  # a stop file left by the run we resume must not stop us
+            for path in self.stop.stop_files:
+                path.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        data = ctx.train_data
+        accum = cfg.train.grad_accum
+        self.batches_per_epoch = (len(data.sampler) // accum) * accum
+        if self.batches_per_epoch == 0:
+            raise TrainingError(
+                f"one epoch has {len(data.sampler)} batches of {cfg.data.batch_size} x "
+                f"{accelerator.num_processes} processes, fewer than train.grad_accum={accum}: "
+                "lower data.batch_size or train.grad_accum"
+            )
+        self.steps_per_epoch = self.batches_per_epoch // accum
+        full = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = min(full, cfg.train.max_steps) if cfg.train.max_steps else full
+        self.progress = None
+        self.stop_pending = False
+        self.last_lrs: dict[str, float] = {}
+        self.best_metrics: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- resume / save
+    def _resume(self, resume: str | None) -> None:
+        if not resume:
+            return
+        path = resolve_resume(resume, self.ctx.run_dir / "checkpoints")
+        if path is None:
+            self.accelerator.print(f"resume: no checkpoint yet under {self.ctx.run_dir}/checkpoints, starting fresh")
+            return
+        check_compatible(path, self.raw_model, self.accelerator.num_processes, self.deepspeed)
+        self.accelerator.load_state(str(path))
+        self.accelerator.print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch})")
+
+    def _save(self) -> Path:
+        meta = {"epoch": self.state.epoch, "shapes": parameter_shapes(self.raw_model)}
+        return save_checkpoint(
+            self.accelerator, self.ctx.run_dir / "checkpoints", self.state.step, meta, self.cfg.train.keep_last
+        )
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, resume: str | None) -> FitResult:
+        self._resume(resume)
+        result = FitResult(run_dir=self.ctx.run_dir, state=self.state)
+        self._open_progress()
+        while self.state.epoch < self.cfg.train.epochs and self.state.step < self.total_steps:
+            stopped = self._train_epoch()
+            if stopped:
+                self._save()
+                result.stopped_early = True
+                self.accelerator.print(f"stop requested ({self.stop.reason}): checkpoint saved at step {self.state.step}")
+                return result
+            if self.state.batch_in_epoch >= self.batches_per_epoch:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+            self._end_of_epoch(result)
+        if not result.val_metrics:
+            result.val_metrics = self._evaluate()
+            self._record_best(result)
+        result.exports["final"] = self.ctx.export(self.model, self.ctx.run_dir / "final")
+        if result.exports.get("best") is None and (self.ctx.run_dir / "best").exists():
+            result.exports["best"] = self.ctx.run_dir / "best"
+        result.best_metrics = self.best_metrics
+        return result
+
+    def _end_of_epoch(self, result: FitResult) -> None:
+        done = self.state.epoch >= self.cfg.train.epochs or self.state.step >= self.total_steps
+        every = self.cfg.train.eval_every
+        if done or (every and self.state.epoch % every == 0):
+            result.val_metrics = self._evaluate()
+            self._record_best(result)
+        self._save()
+
+    def _train_epoch(self) -> bool:
+        """Consume the rest of the current epoch; True if a stop request ended it early."""
+        cfg, state = self.cfg, self.state
+        self.raw_model.set_epoch(state.epoch)
+        sampler = self.ctx.train_data.sampler
+        sampler.set_epoch(state.epoch)
+        sampler.set_start(state.batch_in_epoch)
+        self.model.train()
+        tick, samples = time.perf_counter(), 0
+        for batch in self.ctx.train_data.loader:
+            if state.batch_in_epoch >= self.batches_per_epoch or state.step >= self.total_steps:
+                break
+            self.stop_pending |= self._micro_step(batch)
+            samples += cfg.data.batch_size * self.accelerator.num_processes
+            state.batch_in_epoch += 1
+            if not self.accelerator.sync_gradients:
+                continue
+            state.step += 1
+            if state.step % cfg.train.log_every == 0 or state.step == self.total_steps:
+                self._log(samples / max(1e-9, time.perf_counter() - tick))
+                tick, samples = time.perf_counter(), 0
+            if self.progress is not None:
+                self.progress.update(1)
+            if self.stop_pending:
+                return True
+            if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+                self._save()
+        return False
+
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Forward, loss, (skipped if non-finite) backward, and at the boundary the optimizer step."""
+        self._count_bad_images(batch.pop(keys.BAD_IMAGES))
+        batch = {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+        self.last_lrs = apply_lr(self.optimizer, self.state.step, self.total_steps, self.cfg.optim)
+        with self.accelerator.accumulate(self.model):
+            outputs = self.model(batch)
+            total, terms, report = self.ctx.criterion(outputs, batch)
+            nonfinite, stop = self._agree(total)
+            if nonfinite:
+                self._skip_nonfinite(terms)
+            else:
+                self.state.bad_steps_in_row = 0
+                self.accelerator.backward(total)
+                self.meters.add({"total": total, **{f"term/{k}": v for k, v in terms.items()},
+                                 **{f"report/{k}": v for k, v in report.items()}})
+            if self.accelerator.sync_gradients:
+                self._optimizer_step(nonfinite)
+        return stop
+
+    def _agree(self, total: torch.Tensor) -> tuple[bool, bool]:
+        """All ranks agree whether the loss is finite and whether to stop (one tiny all-reduce:
+        the one host sync of the step)."""
+        flags = torch.stack([(~torch.isfinite(total.detach())).float(), torch.tensor(float(self.stop.poll()), device=total.device)])
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        nonfinite, stop = (flags > 0).tolist()
+        return bool(nonfinite), bool(stop)
+
+    def _skip_nonfinite(self, terms: dict[str, torch.Tensor]) -> None:
+        state = self.state
+        state.bad_steps_in_row += 1
+        state.bad_steps_total += 1
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        self.accelerator.print(f"step {state.step}: non-finite loss ({', '.join(bad) or 'total'}), batch skipped")
+        if state.bad_steps_in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingError(
+                f"{state.bad_steps_in_row} non-finite losses in a row at step {state.step} "
+                f"(terms: {', '.join(bad) or 'total'}); lower optim.lr / optim.head_lr or check the data. "
+                f"The last checkpoint is in {self.ctx.run_dir / 'checkpoints'}"
+            )
+
+    def _optimizer_step(self, skipped: bool) -> None:
+        if self.deepspeed:
+            # DeepSpeed already clipped and stepped inside accelerator.backward().
+            norm = self.model.get_global_grad_norm()
+            if norm is not None and not skipped:
+                self.meters.add({"grad_norm": torch.as_tensor(float(norm))})
+            return
+        if not skipped:
+            max_norm = self.cfg.train.max_grad_norm or float("inf")
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            self.meters.add({"grad_norm": norm})
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _count_bad_images(self, count: torch.Tensor) -> None:
+        n = int(count)  # a CPU tensor from the loader: no device sync
+        if n:
+            self.state.bad_images_total += n
+            limit = self.cfg.data.max_bad_images
+            if self.state.bad_images_total > limit:
+                raise TrainingError(
+                    f"{self.state.bad_images_total} unreadable training images (data.max_bad_images={limit}); "
+                    "run `reid-data --check-images` on the dataset"
+                )
+
+    # ---------------------------------------------------------------- logging / eval
+    def _open_progress(self) -> None:
+        if self.accelerator.is_main_process and self.cfg.train.progress:
+            from tqdm.auto import tqdm
+
+            self.progress = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
+
+    def _log(self, samples_per_s: float) -> None:
+        means = self.meters.pop_means(self.accelerator)
+        terms = {k[5:]: v for k, v in means.items() if k.startswith("term/")}
+        report = {k[7:]: v for k, v in means.items() if k.startswith("report/")}
+        values = tagged(terms, self.ctx.weights, report)
+        values.update({f"lr/{name}": lr for name, lr in self.last_lrs.items()})
+        if "total" in means:
+            values["loss/total"] = means["total"]
+        if "grad_norm" in means:
+            values["grad_norm"] = means["grad_norm"]
+        values["grl/alpha"] = float(self.raw_model.grl_alpha)
+        values["perf/samples_per_s"] = samples_per_s
+        values["epoch"] = self.state.epoch
+        self.writer.scalars(self.state.step, values)
+        if self.progress is not None:
+            self.progress.set_postfix(loss=f"{values.get('loss/total', float('nan')):.3f}", sps=f"{samples_per_s:.0f}", epoch=self.state.epoch)
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = self.ctx.evaluate(self.model)
+        self.writer.scalars(self.state.step, {f"val/{k}": v for k, v in metrics.items()}, kind="val")
+        self.accelerator.print(
+            f"epoch {self.state.epoch} step {self.state.step}: "
+            + " ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+        )
+        return metrics
+
+    def _record_best(self, result: FitResult) -> None:
+        r1 = result.val_metrics.get("R1", -1.0)
+        if r1 > self.state.best_metric:
+            self.state.best_metric, self.state.best_step = r1, self.state.step
+            self.best_metrics = dict(result.val_metrics)
+            result.exports["best"] = self.ctx.export(self.model, self.ctx.run_dir / "best")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.stop.uninstall()
+        self.writer.close()
+        self.accelerator.end_training()

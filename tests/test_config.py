@@ -1,0 +1,82 @@
+"""Typed config: YAML + dotted overrides, unknown keys and bad values name their dotted path."""
+
+from pathlib import Path
+
+import pytest
+
+from reid.config import Config, load_config, save_config
+from reid.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_yaml_and_override_precedence(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim: {lr: 2.0e-5}\nmodel: {fusion: {num_heads: 8}}\n")
+    cfg = load_config(path, ["optim.lr=3e-4", "data.image_size=[384, 128]"])
+    assert cfg.optim.lr == pytest.approx(3e-4)  # CLI beats YAML
+    assert cfg.model.fusion.num_heads == 8  # YAML beats defaults
+    assert cfg.data.image_size == (384, 128)
+    assert cfg.optim.head_lr == Config().optim.head_lr  # default kept
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.fusion.num_head=3", "model.fusion.num_head: unknown key (did you mean 'num_heads'?)"),
+        ("disentangle.loss_weights.decoupel=1", "disentangle.loss_weights.decoupel: unknown key (did you mean 'decouple'?)"),
+        ("data.batch_size=abc", "data.batch_size: expected an integer"),
+        ("data.sampler=pk", "data.sampler: 'pk' is not one of 'random', 'identity'"),
+        ("optim.lr=-1", "optim.lr: must be > 0"),
+        ("model.fusion.num_heads=3", "model.fusion.num_heads: must divide dim (256)"),
+        ("train.progress=maybe", "train.progress: expected true or false"),
+        ("data.image_size=[224]", "data.image_size: expected a list of 2 values"),
+        ("disentangle.loss_weights.cls=-0.5", "disentangle.loss_weights.cls: must be >= 0"),
+        ("data.batch_size=30", "data.batch_size: must be a multiple of data.num_instances (4)"),
+        ("nonsense", "expected dotted.key=value"),
+    ],
+)
+def test_bad_overrides_name_their_path(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_unknown_yaml_key_names_file_and_path(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 3\n  epoch: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "train.epoch: unknown key (did you mean 'epochs'?)" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(REPO / "configs" / "cuhk_pedes.yaml", ["optim.warmup_steps=7"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", ["synthetic", "cuhk_pedes"])
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.model.embed_dim == 256
+
+
+def test_seed_settings_in_cuhk_config():
+    cfg = load_config(REPO / "configs" / "cuhk_pedes.yaml")
+    assert (cfg.model.fusion.type, cfg.model.fusion.dim, cfg.model.fusion.num_heads) == ("attention_gated", 256, 4)
+    assert (cfg.model.fusion.output_dim, cfg.model.fusion.dropout) == (256, 0.1)
+    assert cfg.disentangle.loss_weights.cloth_match == 0.5 and cfg.disentangle.loss_weights.decouple == 0.3
+    assert cfg.data.text_max_length == 100
+    assert [cfg.disentangle.alpha.at(e) for e in (0, 10, 100)] == pytest.approx([0.1, 0.3, 1.0])
