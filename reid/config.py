@@ -159,6 +159,8 @@ class LossWeights:
     def validate(self, path: str) -> None:
         for f in dataclasses.fields(self):
             _check(getattr(self, f.name) >= 0.0, f"{path}.{f.name}", "must be >= 0")
+        enabled = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) > 0]
+        _check(bool(enabled), path, "at least one weight must be > 0")
 
 
 @dataclass
@@ -187,6 +189,9 @@ class DecoupleConfig:
     projector_dim: int = 256  # seed form: id/cloth_embed_projector output size
 
 
+LEARNABLE_TEMPERATURE_RANGE = (0.01, 1.0)  # a learnable temperature is clamped here (CLIP: 1/100)
+
+
 @dataclass
 class DisentangleConfig:
     """The seed's `disentangle` section: GRL placement and schedule, and the seven loss terms."""
@@ -202,6 +207,9 @@ class DisentangleConfig:
 
     def validate(self, path: str) -> None:
         _check(self.temperature > 0, f"{path}.temperature", "must be > 0")
+        lo, hi = LEARNABLE_TEMPERATURE_RANGE
+        if self.learnable_temperature:
+            _check(lo <= self.temperature <= hi, f"{path}.temperature", f"must be in [{lo}, {hi}] when learnable")
         _check(0.0 <= self.label_smoothing < 1.0, f"{path}.label_smoothing", "must be in [0, 1)")
         _check(self.decouple.projector_dim > 0, f"{path}.decouple.projector_dim", "must be > 0")
 

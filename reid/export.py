@@ -57,7 +57,7 @@ def export_model(accelerator: Any, model: torch.nn.Module, out: Path, *, cfg: Co
         raw = accelerator.unwrap_model(model)
         _write_index(tmp)
         save_config(cfg, tmp / "config.yaml")
-        for part, encoder in (("image", raw.visual_encoder), ("text", raw.text_encoder)):
+        for part, encoder in (("image", raw.image_encoder), ("text", raw.text_encoder)):
             encoder.config.save_pretrained(str(tmp / "encoders" / part))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "reid_model.json").write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION), indent=1))

@@ -18,7 +18,7 @@ from reid.errors import CheckpointError
 class Toy(torch.nn.Module):
     def __init__(self, width=4):
         super().__init__()
-        self.visual_encoder = torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.LayerNorm(width))
+        self.image_encoder = torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.LayerNorm(width))
         self.text_encoder = torch.nn.Linear(3, width)
         self.head = torch.nn.Linear(width, 2)
         self.scale = torch.nn.Parameter(torch.ones(1))
@@ -75,7 +75,7 @@ def test_latest_checkpoint_by_marker_ignores_incomplete(tmp_path):
 def test_shape_mismatch_names_first_tensor(tmp_path):
     ckpt = _fake_checkpoint(tmp_path, 1, Toy(width=4))
     check_compatible(ckpt, Toy(width=4), world_size=1, deepspeed=False)
-    with pytest.raises(CheckpointError, match=r"tensor 'visual_encoder.0.weight' has shape \[4, 3\] in the checkpoint but \[8, 3\]"):
+    with pytest.raises(CheckpointError, match=r"tensor 'image_encoder.0.weight' has shape \[4, 3\] in the checkpoint but \[8, 3\]"):
         check_compatible(ckpt, Toy(width=8), world_size=1, deepspeed=False)
 
 

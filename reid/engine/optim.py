@@ -1,6 +1,6 @@
 """AdamW with parameter groups, and a warm-up + cosine learning rate that is a pure function of the step.
 
-Groups: the pretrained encoders (``visual_encoder``, ``text_encoder``) train at ``optim.lr``; every
+Groups: the pretrained encoders (``image_encoder``, ``text_encoder``) train at ``optim.lr``; every
 new module (projections, MLPs, fusion, classifiers, temperatures) at ``optim.head_lr``. Weight decay
 applies only to matrices: never to biases, norm weights or learnable scalars.
 
@@ -18,8 +18,7 @@ import math
 import torch
 
 from reid.config import OptimConfig
-
-ENCODER_PREFIXES = ("visual_encoder.", "text_encoder.")
+from reid.model import ENCODER_PREFIXES
 
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:

@@ -17,7 +17,6 @@ from reid.evaluation import evaluate
 from reid.export import export_model, pixel_stats
 from reid.losses import Criterion
 from reid.model import build_model
-from reid.model.norm import convert_sync_batchnorm
 
 
 @dataclass
@@ -75,8 +74,7 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
         cfg.model, cfg.disentangle, num_classes=train_data.num_classes, image_size=cfg.data.image_size,
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
     )
-    if world > 1:
-        model = convert_sync_batchnorm(model)
+    # build_model turns BatchNorm into the cross-rank SyncBatchNorm1d when world > 1.
     if cfg.train.compile:
         model.compile_encoders()
     criterion = Criterion(cfg.disentangle)

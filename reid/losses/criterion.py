@@ -1,0 +1,159 @@
+"""The criterion: every enabled term (unweighted), their weighted total, and diagnostics.
+
+    total, terms, report = Criterion(cfg.disentangle)(model(batch), batch)
+
+A term whose weight is 0 is not computed at all (and the model does not produce its inputs).
+Nothing here waits on the host: no ``.item()``, no branching on tensor values; masks are applied
+with ``torch.where`` / weights.
+
+Several processes: the contrastive terms (``info_nce``, ``bio``, ``cloth``, seed-form
+``cloth_match``) and the batch statistics of ``decouple`` (xcorr form) see the global batch,
+gathered with gradient; pair-form ``cloth_match`` mines its hard negatives among the global batch.
+Each process returns its share of the global loss (see reid/losses/terms.py), so that after
+DDP/DeepSpeed average the gradients over processes they equal one process training on the
+concatenated batch (tests/test_gather.py). Per-sample terms (``cls``, ``cloth_adv``,
+``fusion_match``) are local means; that needs the same batch size on every process.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reid.config import DisentangleConfig
+from reid.data import keys
+from reid.losses import terms as T
+from reid.losses.gather import gather_with_grad, rank, world_size
+
+TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple", "fusion_match")
+
+
+class _Batch:
+    """This process's outputs and batch, with lazily gathered global versions (each gathered once)."""
+
+    def __init__(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
+        self.out, self.batch = outputs, batch
+        self.world = world_size()
+        b = batch[keys.PIDS].shape[0]
+        self.rows = (rank() * b, (rank() + 1) * b) if self.world > 1 else None
+        self._gathered: dict[str, Tensor] = {}
+
+    def local(self, key: str) -> Tensor:
+        return self.out[key] if key in self.out else self.batch[key]
+
+    def all(self, key: str) -> Tensor:
+        if key not in self._gathered:
+            self._gathered[key] = gather_with_grad(self.local(key))
+        return self._gathered[key]
+
+    @property
+    def tau(self) -> Tensor:
+        return self.out["temperature"]  # (1,)
+
+
+class Criterion:
+    """Weighted sum of the loss terms named in ``disentangle.loss_weights`` (weight 0 = skipped)."""
+
+    def __init__(self, dcfg: DisentangleConfig) -> None:
+        self.cfg = dcfg
+        weights = {name: float(getattr(dcfg.loss_weights, name)) for name in TERM_NAMES}
+        self.weights = {name: w for name, w in weights.items() if w > 0}
+
+    def __call__(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """-> (total, {term: unweighted value}, {diagnostic: detached value}), all 0-d tensors."""
+        view = _Batch(outputs, batch)
+        terms = {name: getattr(self, f"_{name}")(view) for name in self.weights}
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return total, terms, diagnostics(outputs, batch)
+
+    # One method per term: pick the inputs, call the pure function in reid/losses/terms.py.
+    def _info_nce(self, v: _Batch) -> Tensor:
+        return T.info_nce(v.all("image_embeds"), v.all("id_text_embeds"), v.tau, rows=v.rows)
+
+    def _cls(self, v: _Batch) -> Tensor:
+        return T.id_classification(v.out["id_logits"], v.batch[keys.PIDS], self.cfg.label_smoothing)
+
+    def _bio(self, v: _Batch) -> Tensor:
+        return T.sdm(v.all("image_embeds"), v.all("id_text_embeds"), v.all(keys.PIDS), v.tau, rows=v.rows)
+
+    def _cloth(self, v: _Batch) -> Tensor:
+        image, text, valid = v.all("cloth_image_embeds"), v.all("cloth_text_embeds"), v.all(keys.CLOTH_VALID)
+        return T.cloth_contrastive(image, text, valid, v.tau, rows=v.rows)
+
+    def _cloth_adv(self, v: _Batch) -> Tensor:
+        return T.adversarial_id(v.out["cloth_adv_logits"], v.batch[keys.PIDS])
+
+    def _cloth_match(self, v: _Batch) -> Tensor:
+        if self.cfg.cloth_match.form == "seed":
+            image, text, valid = v.all("cloth_image_embeds"), v.all("cloth_text_embeds"), v.all(keys.CLOTH_VALID)
+            return T.cloth_match_seed(image, text, valid, v.tau, rows=v.rows)
+        return self._pair_cloth_match(v)
+
+    def _pair_cloth_match(self, v: _Batch) -> Tensor:
+        """Per valid row: its own cloth text (y=1), the data's negative (y=0) and a hard negative
+        (y=0): the most similar valid cloth text of another person in the global batch."""
+        image = v.out["cloth_image_embeds"]  # (b, E)
+        valid, pids = v.batch[keys.CLOTH_VALID], v.batch[keys.PIDS]
+        texts_all, pids_all, valid_all = v.all("cloth_text_embeds"), v.all(keys.PIDS), v.all(keys.CLOTH_VALID)
+        with torch.no_grad():
+            candidate = (pids[:, None] != pids_all[None, :]) & valid_all[None, :]  # (b, N)
+            sim = (image.float() @ texts_all.float().T).masked_fill(~candidate, float("-inf"))
+            hard = sim.argmax(dim=1)  # (b,)
+            has_hard = candidate.any(dim=1)
+        b = image.shape[0]
+        texts = torch.cat([v.out["cloth_text_embeds"], v.out["neg_cloth_text_embeds"], texts_all[hard]])
+        is_matched = torch.cat([torch.ones(b, device=image.device), torch.zeros(2 * b, device=image.device)])
+        row_weight = valid.float() / (2.0 + has_hard.float())  # each valid row weighs 1 in all
+        weight = torch.cat([row_weight, row_weight, row_weight * has_hard])
+        denom = valid_all.sum().clamp(min=1) / v.world  # global mean over valid rows, exact across ranks
+        bias = v.out["cloth_match_bias"]
+        return T.pair_match(image.repeat(3, 1), texts, is_matched, v.tau, bias, weight=weight, denom=denom)
+
+    def _decouple(self, v: _Batch) -> Tensor:
+        if self.cfg.decouple.form == "seed":
+            return T.decouple_seed(v.out["decouple_id"], v.out["decouple_cloth"])
+        return T.decouple_xcorr(v.all("id_embeds"), v.all("cloth_embeds"))
+
+    def _fusion_match(self, v: _Batch) -> Tensor:
+        out = v.out
+        return T.fusion_match(out["fusion_pos_logits"], out["fusion_neg_logits"], out["fusion_neg_valid"])
+
+
+@torch.no_grad()
+def diagnostics(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached 0-d tensors describing this process's batch; keys present when their inputs are."""
+    out = outputs
+    pids = batch[keys.PIDS]
+    report = {"temperature": out["temperature"].detach().float().reshape(())}
+    if "cloth_embeds" in out:
+        id_e, cloth_e = out["id_embeds"].float(), out["cloth_embeds"].float()
+        report["mean_abs_cos_id_cloth"] = F.cosine_similarity(id_e, cloth_e, dim=-1).abs().mean()
+        report["xcorr_id_cloth"] = T.decouple_xcorr(id_e, cloth_e)
+    if "id_logits" in out:
+        report["cls_acc"] = (out["id_logits"].argmax(dim=1) == pids).float().mean()
+    if "cloth_adv_logits" in out:
+        report["adv_acc"] = (out["cloth_adv_logits"].argmax(dim=1) == pids).float().mean()
+    if "cloth_match_bias" in out:
+        report["cloth_match_bias"] = out["cloth_match_bias"].detach().float().reshape(())
+        report["cloth_match_acc"] = _pair_accuracy(out, batch[keys.CLOTH_VALID])
+    if "gate_image_weight" in out:
+        report["gate_image_weight"] = out["gate_image_weight"].float().mean()
+    if "fusion_pos_logits" in out:
+        valid = out["fusion_neg_valid"]
+        right = (out["fusion_pos_logits"] > 0).float().sum()
+        right = right + ((out["fusion_neg_logits"] < 0) & valid).float().sum()
+        report["fusion_acc"] = right / (out["fusion_pos_logits"].shape[0] + valid.sum())
+    return report
+
+
+def _pair_accuracy(out: dict[str, Tensor], valid: Tensor) -> Tensor:
+    """Share of the explicit (own text, data negative) pairs the pair-match logit gets right."""
+    def logit(text: Tensor) -> Tensor:
+        cos = F.cosine_similarity(out["cloth_image_embeds"].float(), text.float(), dim=-1)
+        return cos / out["temperature"] + out["cloth_match_bias"]
+
+    right = (logit(out["cloth_text_embeds"]) > 0).float() + (logit(out["neg_cloth_text_embeds"]) < 0).float()
+    return (right * valid).sum() / (2 * valid.sum()).clamp(min=1)

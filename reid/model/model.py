@@ -1,0 +1,344 @@
+"""T2IReIDModel: the seed's identity / clothing model, as one ``nn.Module`` holding everything trainable.
+
+    image -> ViT -> [CLS] h (B, H)
+      h -> id_projection -> ReLU -> id_embeds (B, H) -> id_classifier -> id_logits
+      h -> cloth_projection -> ReLU -> cloth_embeds (B, H)
+             -> GRL -> cloth_classifier -> cloth_adv_logits          (the adversary)
+             -> [GRL if disentangle.grl == cloth_branch] -> cloth branch
+      [id_embeds; cloth branch] -> shared_mlp -> image_mlp -> L2 -> image_embeds, cloth_image_embeds
+    [id; cloth; neg_cloth text] -> BERT -> [CLS] -> shared_mlp -> text_mlp -> L2 -> *_text_embeds
+
+Heads that only serve one loss term (the id and adversary classifiers, the seed's decoupling
+projectors, the pair-matching bias, the fusion head) are built only when that term's weight is > 0:
+nothing would train them otherwise, and unused parameters break DDP without
+``find_unused_parameters``. Learnable scalars are ``[1]``-shaped :class:`Scalar` submodules (a 0-d
+parameter crashes DeepSpeed 0.19.8; a submodule call lets ZeRO-3 gather it even outside forward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reid.config import LEARNABLE_TEMPERATURE_RANGE, DisentangleConfig, ModelConfig
+from reid.data import keys
+from reid.errors import ConfigError
+from reid.losses.gather import world_size
+from reid.model.encoders import build_image_encoder, build_text_encoder, describe, encoders_from_configs
+from reid.model.fusion import get_fusion_module
+from reid.model.grl import grad_reverse
+from reid.model.norm import convert_sync_batchnorm
+
+ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")  # parameters trained at optim.lr
+_TEXT_KEYS = {
+    "id": (keys.ID_INPUT_IDS, keys.ID_ATTENTION_MASK),
+    "cloth": (keys.CLOTH_INPUT_IDS, keys.CLOTH_ATTENTION_MASK),
+    "neg_cloth": (keys.NEG_CLOTH_INPUT_IDS, keys.NEG_CLOTH_ATTENTION_MASK),
+}
+
+
+class Scalar(nn.Module):
+    """One learnable number, stored with shape ``[1]``; calling the module returns it."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.full((1,), float(value)))
+
+    def forward(self) -> Tensor:
+        return self.value
+
+
+def projection_mlp(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """The seed's image_mlp / text_mlp: BN-ReLU-Dropout-Linear(in->out)-BN-ReLU-Dropout-Linear(out->out)."""
+    return nn.Sequential(
+        nn.BatchNorm1d(in_dim),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(in_dim, out_dim),
+        nn.BatchNorm1d(out_dim),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(out_dim, out_dim),
+    )
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which parts of forward the enabled loss terms use (weight 0 skips the computation)."""
+
+    id_logits: bool
+    cloth_branch: bool
+    cloth_image: bool
+    cloth_text: bool
+    neg_cloth_text: bool
+    adversary: bool
+    seed_decouple: bool
+    pair_bias: bool
+    fusion: bool
+
+    @staticmethod
+    def of(dcfg: DisentangleConfig) -> "Needs":
+        w = dcfg.loss_weights
+        cloth_text = w.cloth > 0 or w.cloth_match > 0
+        return Needs(
+            id_logits=w.cls > 0,
+            cloth_branch=cloth_text or w.cloth_adv > 0 or w.decouple > 0,
+            cloth_image=cloth_text,
+            cloth_text=cloth_text,
+            neg_cloth_text=w.cloth_match > 0 and dcfg.cloth_match.form == "pair",
+            adversary=w.cloth_adv > 0,
+            seed_decouple=w.decouple > 0 and dcfg.decouple.form == "seed",
+            pair_bias=w.cloth_match > 0 and dcfg.cloth_match.form == "pair",
+            fusion=w.fusion_match > 0,
+        )
+
+
+class T2IReIDModel(nn.Module):
+    """Identity / clothing text-to-image ReID model; see the module docstring and docs/model.md.
+
+    ``forward(batch)`` takes the training batch (reid/data/keys.py) and returns a dict:
+    ``image_embeds``, ``cloth_image_embeds``, ``id_text_embeds``, ``cloth_text_embeds``,
+    ``neg_cloth_text_embeds`` (B, E) L2-normalised; ``id_logits``, ``cloth_adv_logits`` (B, C);
+    ``id_embeds``, ``cloth_embeds`` (B, H) raw branch features (``cloth_embeds`` before any GRL);
+    ``decouple_id`` / ``decouple_cloth`` (B, P) seed-form projector outputs; ``cloth_match_bias``
+    and ``temperature`` (1,); with ``fusion_match``: ``fused_embeds`` (B, E'), ``gate_image_weight``
+    (B,), ``fusion_pos_logits`` (B,), ``fusion_neg_logits`` (2B,), ``fusion_neg_valid`` (2B,) bool.
+    Keys of disabled terms are absent.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        *,
+        hidden_size: int,
+        cfg: ModelConfig,
+        dcfg: DisentangleConfig,
+        num_classes: int,
+        pad_token_id: int = 0,
+    ) -> None:
+        super().__init__()
+        needs = self.needs = Needs.of(dcfg)
+        if needs.fusion and cfg.fusion.type == "none":
+            raise ConfigError(
+                "disentangle.loss_weights.fusion_match: > 0 needs a fusion module, "
+                "but model.fusion.type is 'none'"
+            )
+        H, C = hidden_size, num_classes
+        self.hidden_size = hidden_size
+        self.pad_token_id = pad_token_id
+        self.alpha_schedule = dcfg.alpha
+        self.grl_on_branch = dcfg.grl == "cloth_branch"
+        self.grl_alpha = dcfg.alpha.at(0)  # a Python float: set_epoch changes it, forward never syncs
+
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.id_projection = nn.Linear(H, H)
+        self.id_classifier = nn.Linear(H, C) if needs.id_logits else None
+        self.cloth_projection = nn.Linear(H, H) if needs.cloth_branch else None
+        self.cloth_classifier = nn.Linear(H, C) if needs.adversary else None
+        proj = dcfg.decouple.projector_dim
+        self.id_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
+        self.cloth_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
+        self.shared_mlp = nn.Linear(H, cfg.shared_dim)
+        self.image_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout)
+        self.text_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout)
+        self.cloth_match_bias = Scalar(0.0) if needs.pair_bias else None  # threshold at cos = 0
+        self.fusion = get_fusion_module(cfg.fusion) if needs.fusion else None
+        self.scale = Scalar(1.0) if needs.fusion else None
+        self.match_head = nn.Linear(cfg.fusion.output_dim, 1) if needs.fusion else None
+        if dcfg.learnable_temperature:
+            self.log_temperature = Scalar(math.log(dcfg.temperature))
+        else:
+            self.log_temperature = None
+            self.register_buffer("fixed_temperature", torch.full((1,), dcfg.temperature), persistent=False)
+
+    def compile_encoders(self) -> None:
+        """``torch.compile`` both encoders in place (``Module.compile`` keeps state-dict names)."""
+        self.image_encoder.compile()
+        self.text_encoder.compile()
+
+    # ---------------------------------------------------------------------------------- schedule
+    def set_epoch(self, epoch: int) -> None:
+        """Set the GRL strength for ``epoch`` from ``disentangle.alpha`` (readable as ``grl_alpha``)."""
+        self.grl_alpha = self.alpha_schedule.at(epoch)
+
+    def temperature(self) -> Tensor:
+        """The contrastive temperature, shape ``(1,)`` (fixed, or learnable and clamped)."""
+        if self.log_temperature is None:
+            return self.fixed_temperature
+        lo, hi = LEARNABLE_TEMPERATURE_RANGE
+        return self.log_temperature().clamp(math.log(lo), math.log(hi)).exp()
+
+    # ---------------------------------------------------------------------------------- retrieval
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` -> identity embeddings ``(N, E)``, L2-normalised."""
+        return self._image_head(F.relu(self.id_projection(self._image_features(images))))
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(N, L)`` token ids and mask -> text embeddings ``(N, E)``, L2-normalised."""
+        mask = attention_mask
+        if getattr(getattr(self.text_encoder, "config", None), "_attn_implementation", None) == "sdpa":
+            # transformers passes a 4-D mask through untouched; a 2-D one costs a host sync
+            # (`mask.all()`, to drop an all-ones mask) on every call.
+            mask = attention_mask.bool()[:, None, None, :]  # (N, 1, 1, L)
+        out = self.text_encoder(input_ids=input_ids, attention_mask=mask)
+        return self._text_head(out.last_hidden_state[:, 0])
+
+    def match_scores(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+        """Fusion-head matching logits ``(N,)`` of aligned pairs (row i with row i), for re-ranking."""
+        if self.fusion is None:
+            raise ConfigError(
+                "disentangle.loss_weights.fusion_match: is 0 for this model, so it has no trained "
+                "fusion head to score pairs with"
+            )
+        fused, _ = self._fuse(image_embeds, text_embeds)
+        return self.match_head(fused).squeeze(-1)
+
+    # ---------------------------------------------------------------------------------- training
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training batch -> all outputs (see the class docstring). Retrieval goes through forward
+        too, so that ZeRO-3 gathers the partitioned weights: a batch holding only ``images`` returns
+        ``{"image_embeds"}``; one holding only ``input_ids``/``attention_mask`` returns
+        ``{"text_embeds"}``."""
+        if keys.ID_INPUT_IDS not in batch:
+            if keys.IMAGES in batch:
+                return {"image_embeds": self.encode_image(batch[keys.IMAGES])}
+            return {"text_embeds": self.encode_text(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK])}
+        images = batch[keys.IMAGES]
+        B = images.shape[0]
+        out, cloth_branch = self._branches(self._image_features(images))
+        # Both image branches through shared_mlp/image_mlp in one call: BatchNorm sees id and
+        # cloth rows together, the same mixture its running statistics (used at eval) hold.
+        rows = [out["id_embeds"]] + ([cloth_branch] if self.needs.cloth_image else [])
+        image_rows = self._image_head(torch.cat(rows))  # (kB, E)
+        out["image_embeds"] = image_rows[:B]
+        if self.needs.cloth_image:
+            out["cloth_image_embeds"] = image_rows[B:]
+
+        fields = ["id"]
+        fields += ["cloth"] if self.needs.cloth_text else []
+        fields += ["neg_cloth"] if self.needs.neg_cloth_text else []
+        for name, emb in zip(fields, self._encode_fields(batch, fields)):
+            out[f"{name}_text_embeds"] = emb
+
+        out["temperature"] = self.temperature()
+        if self.cloth_match_bias is not None:
+            out["cloth_match_bias"] = self.cloth_match_bias()
+        if self.fusion is not None:
+            out.update(self._fusion_outputs(out["image_embeds"], out["id_text_embeds"], batch[keys.PIDS]))
+        return out
+
+    def _image_features(self, images: Tensor) -> Tensor:
+        return self.image_encoder(pixel_values=images).last_hidden_state[:, 0]  # (B, H) [CLS]
+
+    def _image_head(self, x: Tensor) -> Tensor:
+        return F.normalize(self.image_mlp(self.shared_mlp(x)), dim=-1)
+
+    def _text_head(self, x: Tensor) -> Tensor:
+        return F.normalize(self.text_mlp(self.shared_mlp(x)), dim=-1)
+
+    def _branches(self, feats: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Identity and clothing branches of the [CLS] feature; returns the cloth-branch input too."""
+        id_embeds = F.relu(self.id_projection(feats))  # (B, H)
+        out = {"id_embeds": id_embeds}
+        if self.id_classifier is not None:
+            out["id_logits"] = self.id_classifier(id_embeds)  # (B, C)
+        if self.cloth_projection is None:
+            return out, None
+        # ReLU and the GRL commute (same mask, same sign flip), so grl(relu(p)) is the seed's relu(grl(p)).
+        cloth_embeds = F.relu(self.cloth_projection(feats))  # (B, H)
+        out["cloth_embeds"] = cloth_embeds
+        reversed_cloth = grad_reverse(cloth_embeds, self.grl_alpha)
+        branch = reversed_cloth if self.grl_on_branch else cloth_embeds
+        if self.cloth_classifier is not None:
+            out["cloth_adv_logits"] = self.cloth_classifier(reversed_cloth)  # (B, C)
+        if self.id_embed_projector is not None:
+            out["decouple_id"] = self.id_embed_projector(id_embeds)  # (B, P)
+            out["decouple_cloth"] = self.cloth_embed_projector(branch)  # (B, P)
+        return out, branch
+
+    def _encode_fields(self, batch: dict[str, Tensor], fields: list[str]) -> list[Tensor]:
+        """Encode several text fields with ONE text-encoder call, padded to a common length."""
+        ids = [batch[_TEXT_KEYS[f][0]] for f in fields]
+        masks = [batch[_TEXT_KEYS[f][1]] for f in fields]
+        length = max(t.shape[1] for t in ids)
+        ids_all = torch.cat([F.pad(t, (0, length - t.shape[1]), value=self.pad_token_id) for t in ids])
+        mask_all = torch.cat([F.pad(m, (0, length - m.shape[1]), value=0) for m in masks])
+        return list(self.encode_text(ids_all, mask_all).split([t.shape[0] for t in ids]))
+
+    def _fuse(self, image_embeds: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:
+        fused, gate = self.fusion(image_embeds, text_embeds)
+        return self.scale() * F.normalize(fused, dim=-1), gate
+
+    def _fusion_outputs(self, image_embeds: Tensor, text_embeds: Tensor, pids: Tensor) -> dict[str, Tensor]:
+        """Fusion-head logits of the B matched pairs and of 2B in-batch hard negatives."""
+        B = image_embeds.shape[0]
+        with torch.no_grad():  # mining only picks rows; no gradient flows through the choice
+            other = pids[:, None] != pids[None, :]  # (B, B) pairs of different people
+            sim = (image_embeds @ text_embeds.T).masked_fill(~other, float("-inf"))
+            hard_text = sim.argmax(dim=1)  # per image: the closest text of another person
+            hard_image = sim.argmax(dim=0)  # per text: the closest image of another person
+            neg_valid = torch.cat([other.any(dim=1), other.any(dim=0)])  # (2B,)
+        images = torch.cat([image_embeds, image_embeds, image_embeds[hard_image]])  # (3B, E)
+        texts = torch.cat([text_embeds, text_embeds[hard_text], text_embeds])
+        fused, gate = self._fuse(images, texts)
+        logits = self.match_head(fused).squeeze(-1)  # (3B,)
+        return {
+            "fused_embeds": fused[:B],
+            "gate_image_weight": gate[:B, 0],
+            "fusion_pos_logits": logits[:B],
+            "fusion_neg_logits": logits[B:],
+            "fusion_neg_valid": neg_valid,
+        }
+
+
+def build_model(
+    cfg: ModelConfig,
+    dcfg: DisentangleConfig,
+    *,
+    num_classes: int,
+    image_size: tuple[int, int],
+    vocab_size: int | None = None,
+    pad_token_id: int = 0,
+    encoder_configs: dict | None = None,
+) -> T2IReIDModel:
+    """Build the encoders (local directory or preset) and the heads.
+
+    ``encoder_configs`` (``{"image": ViTConfig, "text": BertConfig}``) builds the encoders from those
+    Hugging Face configs with random weights instead (an exported model, whose weights follow).
+
+    BatchNorm becomes :class:`~reid.model.norm.SyncBatchNorm1d` when torch.distributed already has
+    more than one process (call :func:`~reid.model.norm.convert_sync_batchnorm` yourself otherwise).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 (training identities), got {num_classes}")
+    if encoder_configs is not None:
+        image_encoder, text_encoder = encoders_from_configs(encoder_configs["image"], encoder_configs["text"])
+    else:
+        image_encoder = build_image_encoder(cfg.image_encoder, image_size)
+        text_encoder = build_text_encoder(cfg.text_encoder, vocab_size=vocab_size, pad_token_id=pad_token_id)
+    h_img, h_txt = image_encoder.config.hidden_size, text_encoder.config.hidden_size
+    if h_img != h_txt:
+        raise ConfigError(
+            f"{describe(cfg.image_encoder, 'model.image_encoder')} has hidden size {h_img} but "
+            f"{describe(cfg.text_encoder, 'model.text_encoder')} has {h_txt}; they must match "
+            "because shared_mlp is shared by both modalities"
+        )
+    pad = text_encoder.config.pad_token_id
+    model = T2IReIDModel(
+        image_encoder,
+        text_encoder,
+        hidden_size=h_img,
+        cfg=cfg,
+        dcfg=dcfg,
+        num_classes=num_classes,
+        pad_token_id=pad_token_id if pad is None else pad,
+    )
+    if world_size() > 1:
+        convert_sync_batchnorm(model)
+    return model

@@ -1,0 +1,200 @@
+"""Two processes (gloo, CPU) must train exactly like one process on the concatenated batch.
+
+The spawned workers use small torch-only stand-ins for ViT/BERT (the encoders do not mix samples,
+so they cannot affect the cross-process property) to keep start-up fast; everything the property
+depends on is real: the heads, SyncBatchNorm1d, the GRL, the gathering and every loss term.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from reid.config import DisentangleConfig, ModelConfig
+from reid.data import keys as K
+from reid.losses import Criterion, gather_with_grad
+from reid.model import SyncBatchNorm1d, T2IReIDModel, convert_sync_batchnorm
+
+WORLD = 2
+ROWS = 4  # per process
+HIDDEN, VOCAB, CLASSES = 16, 30, 6
+IMAGE = (3, 8, 4)
+# (rtol, atol). float32, as training runs: gradients of magnitude ~10 agree to ~1e-5 absolute
+# (~1e-6 relative to their scale: summation order differs). float64: to 1e-10, so a real
+# mismatch cannot hide behind float32 rounding (measured: 2e-14).
+DTYPES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-9, 1e-10)}
+
+
+class ToyImageEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(IMAGE[0] * IMAGE[1] * IMAGE[2], HIDDEN)
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=torch.tanh(self.proj(pixel_values.flatten(1)))[:, None])
+
+
+class ToyTextEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, HIDDEN)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        mask = attention_mask.float()[..., None]  # (N, L, 1)
+        pooled = (self.emb(input_ids) * mask).sum(1) / mask.sum(1)
+        return SimpleNamespace(last_hidden_state=pooled[:, None])
+
+
+def toy_model(dcfg: DisentangleConfig) -> T2IReIDModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(shared_dim=12, embed_dim=8, mlp_dropout=0.0)
+    return T2IReIDModel(
+        ToyImageEncoder(), ToyTextEncoder(), hidden_size=HIDDEN, cfg=cfg, dcfg=dcfg, num_classes=CLASSES
+    )
+
+
+def global_batch(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    n = WORLD * ROWS
+
+    def text(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(1, VOCAB, (n, length), generator=g)
+        mask = (torch.arange(length)[None] < torch.randint(2, length + 1, (n, 1), generator=g)).long()
+        return ids * mask, mask
+
+    batch = {K.IMAGES: torch.randn(n, *IMAGE, generator=g, dtype=dtype)}
+    batch[K.PIDS] = torch.tensor([0, 1, 0, 2, 1, 3, 2, 3])  # same-person pairs straddle the two ranks
+    for prefix, length in (("id", 7), ("cloth", 5), ("neg_cloth", 6)):
+        batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"] = text(length)
+    batch[K.CLOTH_VALID] = torch.tensor([True, False, True, True, True, True, False, True])
+    return batch
+
+
+def configs() -> dict[str, DisentangleConfig]:
+    default = DisentangleConfig()  # pair cloth_match, xcorr decouple, GRL on the cloth branch
+    seed = DisentangleConfig(grl="adversary", learnable_temperature=True, label_smoothing=0.1)
+    seed.cloth_match.form, seed.decouple.form = "seed", "seed"
+    for dcfg in (default, seed):
+        dcfg.alpha.start = 0.7
+    return {"default": default, "seed": seed}
+
+
+def train_step(dcfg: DisentangleConfig, batch: dict, distributed: bool) -> dict:
+    model = toy_model(dcfg).to(batch[K.IMAGES].dtype).train()
+    if distributed:
+        model = convert_sync_batchnorm(model)
+    out = model(batch)
+    total, terms, _ = Criterion(dcfg)(out, batch)
+    total.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"total": total.detach(), "terms": {k: v.detach() for k, v in terms.items()}, "grads": grads}
+
+
+def _init(rank: int, init_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+
+
+def _criterion_worker(rank: int, init_file: str, out_dir: str) -> None:
+    _init(rank, init_file)
+    try:
+        rows = slice(rank * ROWS, (rank + 1) * ROWS)
+        for dtype in DTYPES:
+            local = {k: v[rows] for k, v in global_batch(dtype).items()}
+            for name, dcfg in configs().items():
+                result = train_step(dcfg, local, distributed=True)
+                torch.save(result, Path(out_dir) / f"{name}-{dtype}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _batchnorm_worker(rank: int, init_file: str, out_dir: str) -> None:
+    _init(rank, init_file)
+    try:
+        results = {}
+        for momentum in (0.1, None):
+            bn, x, weights = _batchnorm_case(momentum)
+            bn = convert_sync_batchnorm(bn)
+            assert isinstance(bn, SyncBatchNorm1d)
+            rows = slice(rank * ROWS, (rank + 1) * ROWS)
+            results[momentum] = _batchnorm_run(bn, x[rows].clone(), weights[rows])
+        torch.save(results, Path(out_dir) / f"bn-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _batchnorm_case(momentum: float | None) -> tuple[nn.BatchNorm1d, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    bn = nn.BatchNorm1d(5, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(WORLD * ROWS, 5) * 3 + 2
+    return bn, x, torch.randn(WORLD * ROWS, 5)
+
+
+def _batchnorm_run(bn: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> dict:
+    x.requires_grad_(True)
+    y = bn(x)
+    y2 = bn(x * 0.5)  # a second step exercises the running-average update
+    ((y + y2) * weights).sum().backward()
+    return {"y": y.detach(), "x_grad": x.grad, "mean": bn.running_mean.clone(), "var": bn.running_var.clone(),
+            "w_grad": bn.weight.grad.clone(), "b_grad": bn.bias.grad.clone()}
+
+
+def _spawn(fn, tmp_path: Path) -> None:
+    mp.spawn(fn, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
+
+
+def test_gather_is_identity_without_process_group() -> None:
+    t = torch.randn(3, 2, requires_grad=True)
+    assert gather_with_grad(t) is t
+
+
+def test_sync_batchnorm_matches_one_process_on_concatenated_batch(tmp_path: Path) -> None:
+    _spawn(_batchnorm_worker, tmp_path)
+    ranks = [torch.load(tmp_path / f"bn-{r}.pt") for r in range(WORLD)]
+    for momentum in (0.1, None):
+        bn, x, weights = _batchnorm_case(momentum)
+        ref = _batchnorm_run(bn, x.clone(), weights)
+        close = dict(rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.cat([r[momentum]["y"] for r in ranks]), ref["y"], **close)
+        torch.testing.assert_close(torch.cat([r[momentum]["x_grad"] for r in ranks]), ref["x_grad"], **close)
+        for r in ranks:  # every rank holds the global running statistics
+            torch.testing.assert_close(r[momentum]["mean"], ref["mean"], **close)
+            torch.testing.assert_close(r[momentum]["var"], ref["var"], **close)
+        # each rank's affine gradient is its own rows' share; DDP sums/averages them
+        for key in ("w_grad", "b_grad"):
+            torch.testing.assert_close(sum(r[momentum][key] for r in ranks), ref[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["default", "seed"])
+def test_two_ranks_give_the_one_rank_loss_and_gradients(name: str, spawned_criterion: Path) -> None:
+    dcfg = configs()[name]
+    mean = lambda values: sum(values) / WORLD  # noqa: E731 - what DDP/DeepSpeed do to gradients
+    for dtype, (rtol, atol) in DTYPES.items():
+        ranks = [torch.load(spawned_criterion / f"{name}-{dtype}-{r}.pt") for r in range(WORLD)]
+        ref = train_step(copy.deepcopy(dcfg), global_batch(dtype), distributed=False)
+        assert len(ref["terms"]) == 7
+        torch.testing.assert_close(mean([r["total"] for r in ranks]), ref["total"], rtol=rtol, atol=atol)
+        for term, value in ref["terms"].items():
+            torch.testing.assert_close(mean([r["terms"][term] for r in ranks]), value, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{dtype} {term}: {m}")
+        assert set(ranks[0]["grads"]) == set(ref["grads"])
+        for param, grad in ref["grads"].items():
+            torch.testing.assert_close(mean([r["grads"][param] for r in ranks]), grad, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{dtype} {param}: {m}")
+
+
+@pytest.fixture(scope="module")
+def spawned_criterion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-process run covering every configuration and dtype (spawning costs seconds)."""
+    tmp_path = tmp_path_factory.mktemp("criterion")
+    _spawn(_criterion_worker, tmp_path)
+    return tmp_path
