@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from reid.data import keys
-from reid.metrics import rank
+from reid.metrics import rank_from_embeddings
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -53,5 +53,5 @@ def evaluate(model: torch.nn.Module, eval_data: Any, accelerator: Any, chunk_siz
         queries, query_pids = encode(model, eval_data.query_loader, accelerator, "text", len(eval_data.queries))
     finally:
         model.train(was_training)
-    similarity = queries @ gallery.t()  # (Q, G); rank() chunks its own work over queries
-    return rank(similarity, query_pids, gallery_pids, chunk_size=chunk_size)
+    # Similarity is computed chunk by chunk over queries: never the full (Q, G) matrix (ICFG-PEDES).
+    return rank_from_embeddings(queries, gallery, query_pids, gallery_pids, chunk_size=chunk_size)

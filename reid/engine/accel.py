@@ -35,12 +35,11 @@ def build_accelerator(cfg: Config) -> Accelerator:
         # Accelerate drops `use_cpu: true` from config files on the way to the workers; without
         # ACCELERATE_USE_CPU the processes train side by side without DDP (silently unsynced).
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    handlers = [
-        InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30)),
-        # Every trainable parameter receives a gradient each step (terms with weight 0 build no
-        # modules), so DDP needs no unused-parameter search.
-        DistributedDataParallelKwargs(find_unused_parameters=False),
-    ]
+    # Every trainable parameter receives a gradient each step (terms with weight 0 build no
+    # modules), so DDP needs no unused-parameter search.
+    handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    if launched_world > 1 or deepspeed_env:  # a backend for a single plain process breaks Accelerate
+        handlers.append(InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30)))
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=handlers)
     if launched_world > 1 and (accelerator.num_processes != launched_world or accelerator.distributed_type == DistributedType.NO):
         raise ConfigError(

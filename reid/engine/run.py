@@ -57,17 +57,18 @@ def _latest_run(output: Path, config_name: str) -> str | None:
 def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext:
     set_seed(cfg.train.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
+    # The local main process generates the synthetic data / builds the arrow cache first; the
+    # others then load it (the cache is written atomically, so nodes sharing a disk are safe too).
     with accelerator.local_main_process_first():
-        root = prepare_root(cfg.data)
-        tokenizer = build_tokenizer(cfg.data, root, cfg.model.text_encoder.path)
+        prepare_root(cfg.data)
+        tokenizer = build_tokenizer(cfg.data, cfg.model.text_encoder.path)
         mean, std = pixel_stats(cfg.data, cfg.model.image_encoder.path)
         train_data = build_train_data(
-            cfg.data, tokenizer, root=root, rank=rank, world_size=world, seed=cfg.train.seed,
-            pixel_mean=mean, pixel_std=std,
+            cfg.data, tokenizer, rank=rank, world_size=world, seed=cfg.train.seed, pixel_mean=mean, pixel_std=std
         )
         eval_data = build_eval_data(
-            cfg.data, tokenizer, cfg.eval.split, root=root, batch_size=cfg.eval.batch_size, rank=rank,
-            world_size=world, query=cfg.eval.query, pixel_mean=mean, pixel_std=std,
+            cfg.data, tokenizer, cfg.eval.split, batch_size=cfg.eval.batch_size, rank=rank, world_size=world,
+            query=cfg.eval.query, pixel_mean=mean, pixel_std=std,
         )
     set_seed(cfg.train.seed)  # same initial weights whatever the data side drew
     model = build_model(

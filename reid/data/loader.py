@@ -1,0 +1,303 @@
+"""Torch datasets, collate functions and the two builders the engine calls.
+
+Training batches follow :mod:`reid.data.keys`. Each text field is padded to its own longest
+sequence in the batch (dynamic padding); masks are 1 for tokens and 0 for padding.
+
+Unreadable images. During training a sample whose image cannot be decoded is replaced,
+deterministically, by the next row of the table whose image decodes (texts, identity and negative
+come from that row too, so pairs stay consistent); the batch reports how many images it replaced
+in ``bad_images`` (a 0-d int64 tensor). The engine sums it and stops once more than
+``data.max_bad_images`` were replaced in a run. During evaluation an unreadable gallery image
+raises :class:`reid.errors.DataError` naming the file, in the main process (one line, no worker
+traceback).
+
+Loaders are built with this process's ``rank`` and ``world_size``: the samplers shard the data
+themselves (:mod:`reid.data.samplers`), so the loaders must not be handed to
+``accelerator.prepare``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional, Sequence
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reid.config import DataConfig
+from reid.data import keys
+from reid.data.cache import prepare_root
+from reid.data.formats import format_spec
+from reid.data.pairs import NegativeSampler
+from reid.data.samplers import GlobalBatchSampler, ShardSampler
+from reid.data.tables import build_tables
+from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform, TrainTransform, load_image
+from reid.errors import DataError
+
+MAX_CONSECUTIVE_BAD = 64  # a run of unreadable images this long means the data is broken
+
+
+class TrainDataset(Dataset):
+    """Map-style dataset indexed by ``(row, sample_seed)`` pairs from :class:`GlobalBatchSampler`."""
+
+    def __init__(self, table: datasets.Dataset, transform: TrainTransform, negatives: NegativeSampler):
+        columns = ["image_path", "pid", "id_input_ids", "cloth_input_ids", "cloth_valid"]
+        self.table = table.select_columns(columns)  # decode only what a sample needs
+        self.transform = transform
+        self.negatives = negatives
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        row, seed = item
+        image_rng = np.random.default_rng([seed, 0])  # separate streams: a replaced image
+        negative_rng = np.random.default_rng([seed, 1])  # does not shift the negative's draw
+        for bad in range(MAX_CONSECUTIVE_BAD):
+            used = (row + bad) % len(self.table)
+            sample = self.table[used]
+            try:
+                image = load_image(sample["image_path"])
+            except OSError:
+                continue
+            negative = self.table[self.negatives.draw(used, negative_rng)]
+            return {
+                keys.IMAGES: self.transform(image, image_rng),
+                keys.PIDS: sample["pid"],
+                keys.ID_INPUT_IDS: sample["id_input_ids"],
+                keys.CLOTH_INPUT_IDS: sample["cloth_input_ids"],
+                keys.NEG_CLOTH_INPUT_IDS: negative["cloth_input_ids"],
+                keys.CLOTH_VALID: sample["cloth_valid"],
+                keys.INDEX: used,
+                keys.BAD_IMAGES: bad,
+            }
+        first = self.table[row]["image_path"]
+        raise DataError(f"{first}: this and the next {MAX_CONSECUTIVE_BAD - 1} training images are unreadable")
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: (ids, mask), both (B, L) int64."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(sequences), length), dtype=torch.int64)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.int64)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
+class TrainCollate:
+    """Stack a list of training samples into a batch (a class: it pickles into workers)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {
+            keys.IMAGES: torch.stack([s[keys.IMAGES] for s in samples]),  # (B, 3, H, W)
+            keys.PIDS: torch.tensor([s[keys.PIDS] for s in samples], dtype=torch.int64),
+            keys.CLOTH_VALID: torch.tensor([s[keys.CLOTH_VALID] for s in samples], dtype=torch.bool),
+            keys.INDEX: torch.tensor([s[keys.INDEX] for s in samples], dtype=torch.int64),
+            keys.BAD_IMAGES: torch.tensor(sum(s[keys.BAD_IMAGES] for s in samples), dtype=torch.int64),
+        }
+        for field, (ids_key, mask_key) in _text_keys().items():
+            batch[ids_key], batch[mask_key] = pad_sequences([s[ids_key] for s in samples], self.pad_id)
+        return batch
+
+
+def _text_keys() -> dict[str, tuple[str, str]]:
+    return {
+        f: (getattr(keys, f"{f.upper()}_INPUT_IDS"), getattr(keys, f"{f.upper()}_ATTENTION_MASK"))
+        for f in keys.TEXT_FIELDS
+    }
+
+
+class GalleryDataset(Dataset):
+    """Evaluation images; an unreadable one is reported, not raised, so the main process names it."""
+
+    def __init__(self, table: datasets.Dataset, transform: EvalTransform):
+        self.table = table.select_columns(["image_path", "file_path", "pid"])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.table[index]
+        try:
+            image, error = self.transform(load_image(row["image_path"])), None
+        except OSError as exc:
+            image = torch.zeros(3, self.transform.height, self.transform.width)
+            error = f"{row['image_path']}: unreadable gallery image ({exc})"
+        return {keys.IMAGES: image, keys.PIDS: row["pid"], keys.INDEX: index, "error": error}
+
+
+def collate_gallery(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        keys.IMAGES: torch.stack([s[keys.IMAGES] for s in samples]),  # (B, 3, H, W)
+        keys.PIDS: torch.tensor([s[keys.PIDS] for s in samples], dtype=torch.int64),
+        keys.INDEX: torch.tensor([s[keys.INDEX] for s in samples], dtype=torch.int64),
+        "errors": [s["error"] for s in samples if s["error"]],
+    }
+
+
+class QueryDataset(Dataset):
+    """Evaluation captions: ``column`` is ``input_ids`` (full caption) or ``id_input_ids``."""
+
+    def __init__(self, table: datasets.Dataset, column: str):
+        self.table = table.select_columns([column, "pid"])
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.table[index]
+        return {keys.INPUT_IDS: row[self.column], keys.PIDS: row["pid"], keys.INDEX: index}
+
+
+class QueryCollate:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_sequences([s[keys.INPUT_IDS] for s in samples], self.pad_id)
+        return {
+            keys.INPUT_IDS: ids,
+            keys.ATTENTION_MASK: mask,
+            keys.PIDS: torch.tensor([s[keys.PIDS] for s in samples], dtype=torch.int64),
+            keys.INDEX: torch.tensor([s[keys.INDEX] for s in samples], dtype=torch.int64),
+        }
+
+
+class CheckedGalleryLoader:
+    """Iterates a gallery loader and raises DataError (main process, one line) on a bad image."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.loader:
+            errors = batch.pop("errors")
+            if errors:
+                raise DataError(errors[0])
+            yield batch
+
+
+@dataclass
+class TrainData:
+    dataset: TrainDataset
+    sampler: GlobalBatchSampler  # call set_epoch(e) before each epoch, set_start(n) to resume
+    loader: DataLoader
+    num_classes: int  # training identities (the classifier's width)
+    tokenizer: Any
+    table: datasets.Dataset  # the training table (pids, captions, file paths)
+
+
+@dataclass
+class EvalData:
+    gallery_loader: CheckedGalleryLoader  # this rank's shard of the gallery: {images, pids, index}
+    query_loader: DataLoader  # this rank's shard of the queries: {input_ids, attention_mask, pids, index}
+    gallery: datasets.Dataset  # every image of the split (pid, file_path): gather, then truncate
+    queries: datasets.Dataset  # every caption of the split (pid, file_path, caption)
+
+
+def _statistics(cfg: DataConfig, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> tuple:
+    """The config wins, then the encoder's statistics passed by the caller, then 0.5 / 0.5."""
+    return (cfg.pixel_mean or mean or DEFAULT_MEAN, cfg.pixel_std or std or DEFAULT_STD)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed the worker's global RNGs from torch's per-worker seed (nothing here uses them)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader_options(num_workers: int, seed: int, persistent: bool) -> dict[str, Any]:
+    return {
+        "num_workers": num_workers,
+        "persistent_workers": persistent and num_workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+        "worker_init_fn": _seed_worker,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
+def _pad_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is None:
+        raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no padding token")
+    return int(tokenizer.pad_token_id)
+
+
+def build_train_data(
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    pixel_mean: Optional[Sequence[float]] = None,
+    pixel_std: Optional[Sequence[float]] = None,
+) -> TrainData:
+    """The training loader of this process (call inside ``accelerator.main_process_first()``)."""
+    tables = build_tables(cfg, tokenizer, prepare_root(cfg))
+    table = tables.train
+    mean, std = _statistics(cfg, pixel_mean, pixel_std)
+    aug = cfg.augment
+    transform = TrainTransform(cfg.image_size, mean, std, hflip=aug.hflip, pad=aug.pad, erasing=aug.erasing)
+    pids = np.asarray(table["pid"], dtype=np.int64)
+    candidates = table["neg_candidates"] if "neg_candidates" in table.column_names else None
+    negatives = NegativeSampler(pids, np.asarray(table["cloth_valid"], dtype=bool), candidates)
+    dataset = TrainDataset(table, transform, negatives)
+    sampler = GlobalBatchSampler(
+        pids, cfg.batch_size, world_size, rank, seed, mode=cfg.sampler, num_instances=cfg.num_instances
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=TrainCollate(_pad_id(tokenizer)),
+        **_loader_options(cfg.num_workers, seed, persistent=True),
+    )
+    return TrainData(dataset, sampler, loader, tables.num_classes, tokenizer, table)
+
+
+def build_eval_data(
+    cfg: DataConfig,
+    tokenizer: Any,
+    split: str,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    query: Literal["full", "id"] = "full",
+    pixel_mean: Optional[Sequence[float]] = None,
+    pixel_std: Optional[Sequence[float]] = None,
+) -> EvalData:
+    """Gallery and query loaders of ``split`` ("val" / "test"), sharded over processes."""
+    splits = format_spec(cfg.dataset).splits
+    if split not in splits or split == "train":
+        hint = "; set eval.split=test" if split == "val" else ""
+        raise DataError(
+            f"dataset {cfg.dataset!r} has no evaluation split {split!r} (it has {', '.join(splits)}){hint}"
+        )
+    tables = build_tables(cfg, tokenizer, prepare_root(cfg))
+    if f"{split}_gallery" not in tables.tables:
+        where = cfg.root or "the synthetic default"
+        raise DataError(f"dataset {cfg.dataset!r} at {where} has no records in split {split!r}")
+    gallery, queries = tables.gallery(split), tables.queries(split)
+    transform = EvalTransform(cfg.image_size, *_statistics(cfg, pixel_mean, pixel_std))
+    gallery_loader = DataLoader(
+        GalleryDataset(gallery, transform), batch_size=batch_size, collate_fn=collate_gallery,
+        sampler=ShardSampler(len(gallery), rank, world_size),
+        **_loader_options(cfg.num_workers, 0, persistent=False),
+    )
+    query_loader = DataLoader(
+        QueryDataset(queries, "input_ids" if query == "full" else "id_input_ids"), batch_size=batch_size,
+        collate_fn=QueryCollate(_pad_id(tokenizer)), sampler=ShardSampler(len(queries), rank, world_size),
+    )
+    return EvalData(CheckedGalleryLoader(gallery_loader), query_loader, gallery, queries)

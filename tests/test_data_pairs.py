@@ -1,0 +1,104 @@
+"""Negative cloth captions: never the same identity, hard candidates against brute force."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from reid.data.pairs import NegativeSampler, hard_candidates
+
+COLOURS = "black white red blue green grey pink brown".split()
+GARMENTS = "shirt jacket coat skirt pants jeans shorts shoes boots backpack cap".split()
+
+
+def _random_table(n=120, num_ids=12, seed=0):
+    rng = np.random.default_rng(seed)
+    texts = [
+        "wearing " + " and ".join(f"a {rng.choice(COLOURS)} {rng.choice(GARMENTS)}" for _ in range(rng.integers(1, 4)))
+        for _ in range(n)
+    ]
+    texts[5] = texts[6] = texts[7]  # identical texts, possibly across identities
+    pids = rng.integers(0, num_ids, size=n)
+    valid = rng.random(n) > 0.15
+    return texts, pids, valid
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_negative_is_never_the_same_identity(hard):
+    texts, pids, valid = _random_table()
+    candidates = hard_candidates(texts, pids, valid, topk=3) if hard else None
+    sampler = NegativeSampler(pids, valid, candidates)
+    for row in range(len(pids)):
+        for seed in range(5):
+            neg = sampler.draw(row, np.random.default_rng([seed, row]))
+            assert pids[neg] != pids[row] and valid[neg]
+
+
+def test_one_dominant_identity_still_gets_negatives():
+    pids = np.array([0] * 200 + [1])  # rejection sampling fails for identity 0 most of the time
+    valid = np.ones(201, dtype=bool)
+    sampler = NegativeSampler(pids, valid)
+    assert all(sampler.draw(r, np.random.default_rng(r)) == 200 for r in range(0, 200, 7))
+    assert sampler.draw(200, np.random.default_rng(0)) < 200
+
+
+def test_draw_is_deterministic_per_seed_and_varies_across_seeds():
+    texts, pids, valid = _random_table()
+    sampler = NegativeSampler(pids, valid)
+    first = [sampler.draw(3, np.random.default_rng(s)) for s in range(20)]
+    assert first == [sampler.draw(3, np.random.default_rng(s)) for s in range(20)]
+    assert len(set(first)) > 5
+
+
+def test_hard_candidates_hand_example():
+    texts = [
+        "A red coat and black pants.",  # 0, id 0
+        "A red coat, black pants and white shoes.",  # 1, id 1
+        "A blue cap.",  # 2, id 2
+        "a red coat and black pants",  # 3, id 1: same words as row 0, another identity
+        "",  # 4, id 2: no clothing part
+    ]
+    pids = [0, 1, 2, 1, 2]
+    valid = [True, True, True, True, False]
+    cands = hard_candidates(texts, pids, valid, topk=1)
+    assert cands[0] == [1]  # row 3 says exactly the same: a false negative, never a candidate
+    assert cands[1] == [0]  # the text of rows 0 / 3, through the row of another identity
+    assert cands[3] == [2]  # row 0 has its very text, row 1 its identity: only row 2 is left
+    assert cands[4] == []
+
+
+def _brute_force_tfidf(texts):
+    docs = [re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", t.lower()) for t in texts]
+    vocab = sorted({w for d in docs for w in d})
+    df = Counter(w for d in docs for w in set(d))
+    idf = {w: math.log((1 + len(docs)) / (1 + df[w])) + 1 for w in vocab}
+    matrix = np.zeros((len(docs), len(vocab)))
+    for i, d in enumerate(docs):
+        for w, c in Counter(d).items():
+            matrix[i, vocab.index(w)] = c * idf[w]
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix @ matrix.T
+
+
+def test_hard_candidates_match_brute_force_similarities():
+    texts, pids, valid = _random_table(n=80, num_ids=8, seed=1)
+    topk = 4
+    cands = hard_candidates(texts, pids, valid, topk)
+    norm = [" ".join(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", t.lower())) for t in texts]
+    unique = sorted({norm[i] for i in range(len(texts)) if valid[i]})
+    sims = _brute_force_tfidf(unique)
+    for row in np.flatnonzero(valid):
+        u = unique.index(norm[row])
+        eligible = [
+            v for v in range(len(unique))
+            if v != u and any(pids[r] != pids[row] for r in range(len(texts)) if valid[r] and norm[r] == unique[v])
+        ]
+        best = sorted((sims[u, v] for v in eligible), reverse=True)[:topk]
+        got = sorted((sims[u, unique.index(norm[c])] for c in cands[row]), reverse=True)
+        assert np.allclose(got, best, atol=1e-5)
+        assert all(pids[c] != pids[row] and valid[c] for c in cands[row])
+        assert len({norm[c] for c in cands[row]}) == len(cands[row])  # distinct texts

@@ -1,0 +1,100 @@
+"""Global-batch samplers: process-count invariance, P x K structure, resume, evaluation shards."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from reid.data.samplers import GlobalBatchSampler, ShardSampler
+from reid.errors import DataError
+
+# 30 identities with 1..7 rows each, interleaved as a real table is not
+PIDS = [pid for pid in range(30) for _ in range(1 + pid % 7)]
+np.random.default_rng(0).shuffle(PIDS)
+
+
+def _epoch(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("mode", ["random", "identity"])
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_one_process_sees_the_union_of_several(mode, replicas):
+    per_rank = 4
+    single = GlobalBatchSampler(PIDS, per_rank * replicas, 1, 0, seed=7, mode=mode, num_instances=2)
+    ranks = [GlobalBatchSampler(PIDS, per_rank, replicas, r, seed=7, mode=mode, num_instances=2) for r in range(replicas)]
+    assert all(len(s) == len(single) > 0 for s in ranks)
+    for epoch in (0, 3):
+        whole = _epoch(single, epoch)
+        parts = [_epoch(s, epoch) for s in ranks]
+        for b, batch in enumerate(whole):
+            assert batch == [item for part in parts for item in part[b]]  # rows and sample seeds
+
+
+def test_epochs_differ_and_repeat():
+    sampler = GlobalBatchSampler(PIDS, 8, seed=1)
+    a, b = _epoch(sampler, 0), _epoch(sampler, 1)
+    assert a != b and a == _epoch(sampler, 0)
+    seeds = [s for batch in a for _, s in batch]
+    assert len(set(seeds)) == len(seeds)  # one seed per position
+    assert not set(seeds) & {s for batch in b for _, s in batch}
+    assert GlobalBatchSampler(PIDS, 8, seed=2).global_order(0).tolist() != sampler.global_order(0).tolist()
+
+
+def test_random_mode_covers_each_row_at_most_once():
+    sampler = GlobalBatchSampler(PIDS, 8, 2, 1, seed=0)
+    rows = [r for batch in _epoch(sampler, 0) for r, _ in batch]
+    assert len(sampler) == len(PIDS) // 16 and len(rows) == len(set(rows)) == 8 * len(sampler)
+
+
+def test_resume_skips_exactly_the_first_batches_once():
+    sampler = GlobalBatchSampler(PIDS, 4, 2, 0, seed=5, mode="identity", num_instances=2)
+    full = _epoch(sampler, 2)
+    sampler.set_start(3)
+    assert _epoch(sampler, 2) == full[3:]
+    assert _epoch(sampler, 2) == full  # the skip applies to one iteration only
+    with pytest.raises(ValueError):
+        sampler.set_start(len(sampler) + 1)
+
+
+def test_identity_batches_are_whole_groups_of_distinct_identities():
+    k, per_rank, replicas = 2, 6, 2
+    pids = np.asarray(PIDS)
+    samplers = [GlobalBatchSampler(PIDS, per_rank, replicas, r, seed=3, mode="identity", num_instances=k) for r in range(replicas)]
+    num_groups = sum(max(1, n // k) for n in Counter(PIDS).values())
+    assert len(samplers[0]) == num_groups * k // (per_rank * replicas)
+    repeated = 0
+    for batches in zip(*(_epoch(s, 0) for s in samplers)):
+        global_pids = []
+        for batch in batches:
+            rows = [r for r, _ in batch]
+            groups = [pids[rows[i : i + k]] for i in range(0, per_rank, k)]
+            assert all(len(set(g)) == 1 for g in groups)  # K rows of one identity
+            global_pids += [int(g[0]) for g in groups]
+        repeated += len(global_pids) - len(set(global_pids))
+    # 30 identities, 6 groups per global batch: only the epoch's tail may repeat an identity
+    assert repeated <= 2
+
+
+def test_identity_with_fewer_than_k_rows_is_sampled_with_replacement():
+    pids = [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    sampler = GlobalBatchSampler(pids, 4, seed=0, mode="identity", num_instances=4)
+    rows = [r for batch in _epoch(sampler, 0) for r, _ in batch]
+    assert len(sampler) == 4 and Counter(rows)[0] == 4  # identity 0's single row fills its group
+
+
+def test_too_few_rows_for_one_global_batch():
+    with pytest.raises(DataError, match="lower data.batch_size"):
+        GlobalBatchSampler(PIDS[:10], 8, 2, 0)
+
+
+@pytest.mark.parametrize("n, replicas", [(10, 3), (9, 3), (5, 4), (1, 2), (0, 2)])
+def test_shards_are_equal_contiguous_and_truncate_back(n, replicas):
+    shards = [list(ShardSampler(n, r, replicas)) for r in range(replicas)]
+    assert len({len(s) for s in shards}) == 1
+    gathered = [i for shard in shards for i in shard]
+    assert gathered[:n] == list(range(n))
+    assert all(i == n - 1 for i in gathered[n:])
