@@ -130,6 +130,9 @@ class ModelConfig:
     shared_dim: int = 512  # shared_mlp: hidden -> shared_dim
     embed_dim: int = 256  # image_mlp / text_mlp output, the retrieval embedding
     mlp_dropout: float = 0.2  # the seed's Dropout(0.2) in image_mlp / text_mlp
+    # Text feature: BERT's [CLS] (the seed) or the mean over tokens. A [CLS] token trained from
+    # scratch (the tiny synthetic default) learns far slower than a mean: see docs/model.md.
+    text_pool: Literal["cls", "mean"] = "cls"
 
     def validate(self, path: str) -> None:
         _check(self.shared_dim > 0, f"{path}.shared_dim", "must be > 0")

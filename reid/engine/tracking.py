@@ -20,29 +20,29 @@ import torch
 
 
 class Meters:
-    """Running sums of named scalar tensors on the device."""
+    """Running sums (and counts) of named scalar tensors on the device."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
             value = value.detach().float().reshape(())
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
-        self.count += 1
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def pop_means(self, accelerator: Any) -> dict[str, float]:
-        """Average over the micro-batches since the last call and across ranks; resets."""
+        """Average of each name since the last call, then across ranks (one all-reduce); resets."""
         if not self.sums:
             return {}
         names = sorted(self.sums)
-        stacked = torch.stack([self.sums[n] for n in names]) / max(1, self.count)
+        stacked = torch.stack([self.sums[n] / self.counts[n] for n in names])
         if accelerator.num_processes > 1:
             stacked = accelerator.reduce(stacked, reduction="mean")
         values = stacked.tolist()
         self.sums.clear()
-        self.count = 0
+        self.counts.clear()
         return dict(zip(names, values))
 
 

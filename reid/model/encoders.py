@@ -157,6 +157,10 @@ def build_text_encoder(
             intermediate_size=p.mlp,
             max_position_embeddings=TEXT_MAX_POSITIONS,
             pad_token_id=pad_token_id,
+            # No dropout inside a preset encoder, like the ViT presets (and ViTConfig's defaults);
+            # a pretrained BERT keeps the dropout of its own config.
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
             attn_implementation="sdpa",
         )
         encoder = BertModel(config, add_pooling_layer=False)

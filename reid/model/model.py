@@ -131,6 +131,7 @@ class T2IReIDModel(nn.Module):
         H, C = hidden_size, num_classes
         self.hidden_size = hidden_size
         self.pad_token_id = pad_token_id
+        self.text_pool = cfg.text_pool
         self.alpha_schedule = dcfg.alpha
         self.grl_on_branch = dcfg.grl == "cloth_branch"
         self.grl_alpha = dcfg.alpha.at(0)  # a Python float: set_epoch changes it, forward never syncs
@@ -186,8 +187,11 @@ class T2IReIDModel(nn.Module):
             # transformers passes a 4-D mask through untouched; a 2-D one costs a host sync
             # (`mask.all()`, to drop an all-ones mask) on every call.
             mask = attention_mask.bool()[:, None, None, :]  # (N, 1, 1, L)
-        out = self.text_encoder(input_ids=input_ids, attention_mask=mask)
-        return self._text_head(out.last_hidden_state[:, 0])
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (N, L, H)
+        if self.text_pool == "mean":
+            weight = attention_mask.to(hidden.dtype)[..., None]  # (N, L, 1)
+            return self._text_head((hidden * weight).sum(1) / weight.sum(1).clamp(min=1))
+        return self._text_head(hidden[:, 0])  # [CLS], the seed's
 
     def match_scores(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
         """Fusion-head matching logits ``(N,)`` of aligned pairs (row i with row i), for re-ranking."""
