@@ -26,6 +26,14 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate_bin() -> str:
     return str(Path(sys.executable).with_name("accelerate"))
 
@@ -34,8 +42,9 @@ def run_launch(args: list[str], *, accel_config: str | None = None, env: dict | 
                cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     """`accelerate launch [--config_file X] <args>` as a user would type it; output captured."""
     cmd = [accelerate_bin(), "launch"]
-    if accel_config:
-        cmd += ["--config_file", str(REPO / "accelerate_configs" / f"{accel_config}.yaml")]
+    if accel_config:  # a fresh port: a killed run's port may still be held for a moment
+        cmd += ["--config_file", str(REPO / "accelerate_configs" / f"{accel_config}.yaml"),
+                "--main_process_port", str(free_port())]
     else:
         cmd += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += args
