@@ -31,8 +31,10 @@ class CheckpointError(ReidError, ValueError):
 
 def report_user_errors(main):
     """Decorate a command-line ``main``: a ReidError becomes ``error: <message>`` on stderr and exit
-    status 2 (no traceback); anything else is a bug and keeps its traceback."""
+    status 2 (no traceback); anything else is a bug and keeps its traceback. Under a multi-process
+    launcher only rank 0 prints the line (every rank meets the same mistake)."""
     import functools
+    import os
     import sys
 
     @functools.wraps(main)
@@ -40,7 +42,8 @@ def report_user_errors(main):
         try:
             return main(*args, **kwargs)
         except ReidError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0":
+                print(f"error: {exc}", file=sys.stderr, flush=True)
             return 2
 
     return wrapper

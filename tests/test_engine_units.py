@@ -4,6 +4,7 @@ the stop request."""
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,38 @@ def test_stop_request_by_signal_and_by_file(tmp_path):
     stop = StopRequest(tmp_path / "STOP")
     (tmp_path / "STOP").touch()
     assert stop.poll() and "stop file" in stop.reason
+
+
+def test_a_save_killed_half_way_leaves_the_previous_checkpoint_usable(tmp_path):
+    """The kill is simulated in-process (save_state raising after writing part of its files): a real
+    SIGKILL lands at a random moment; this places it at the worst one, between files."""
+    from accelerate import Accelerator
+
+    from reid.engine.checkpoint import save_checkpoint
+    from reid.engine.state import TrainState
+
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(Toy())
+    state = TrainState(step=5)
+    accelerator.register_for_checkpointing(state)
+    meta = {"shapes": parameter_shapes(model)}
+    first = save_checkpoint(accelerator, tmp_path, 5, meta, keep_last=2)
+
+    real_save = accelerator.save_state
+
+    def dies_half_way(path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt("killed during save")
+
+    accelerator.save_state = dies_half_way
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, tmp_path, 9, meta, keep_last=2)
+    assert resolve_resume("latest", tmp_path) == first
+    state.step = 0
+    accelerator.load_state(str(first))
+    assert state.step == 5
+
+    accelerator.save_state = real_save  # the next save cleans the debris up
+    save_checkpoint(accelerator, tmp_path, 12, meta, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005", "step_00000012"]

@@ -1,0 +1,112 @@
+"""`accelerate launch launch/train.py` end to end on a small synthetic dataset (1 CPU process):
+TensorBoard tags read back from the event files, the run's files, the export, faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, run_launch
+
+pytestmark = pytest.mark.slow
+
+TRAIN = str(REPO / "launch" / "train.py")
+TERMS = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple")
+
+
+def args(tmp: Path, root: Path, name: str, *extra: str) -> list[str]:
+    return [TRAIN, f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.num_workers=1",
+            "data.batch_size=16", f"train.output_dir={tmp / 'runs'}", f"train.run_name={name}",
+            "train.progress=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, synth_root):
+    tmp = tmp_path_factory.mktemp("e2e")
+    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=2", "train.log_every=2", "train.eval_every=1"))
+    return tmp, tmp / "runs" / "short", proc
+
+
+def test_run_prints_table_and_leaves_its_files(short_run):
+    tmp, run, proc = short_run
+    assert "val (best, step" in proc.stdout and f"run directory:  {run}" in proc.stdout
+    assert (run / "config.yaml").is_file() and (run / "log.jsonl").is_file()
+    assert (run / "best" / "reid_model.json").is_file() and (run / "final" / "reid_model.json").is_file()
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints and all(name.startswith("step_") for name in checkpoints)  # no .tmp left
+
+
+def test_tensorboard_has_every_tag(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run, _ = short_run
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {f"loss/{t}" for t in TERMS} | {f"loss_weighted/{t}" for t in TERMS} | {
+        "loss/total", "lr/encoders", "lr/heads", "lr/heads_no_decay", "grl/alpha", "temperature",
+        "diag/mean_abs_cos_id_cloth", "diag/cls_acc", "diag/adv_acc", "perf/samples_per_s", "grad_norm",
+        "val/R1", "val/R5", "val/R10", "val/mAP", "val/mINP",
+    }
+    assert expected <= tags, sorted(expected - tags)
+    alpha = [e.value for e in events.Scalars("grl/alpha")]
+    assert alpha[0] == pytest.approx(0.1) and alpha[-1] == pytest.approx(0.12)  # min(1, 0.1 + 0.02 epoch)
+    assert len(events.Scalars("val/R1")) == 2  # evaluated at the end of each epoch
+    weighted = events.Scalars("loss_weighted/cloth_match")[0].value
+    assert weighted == pytest.approx(0.5 * events.Scalars("loss/cloth_match")[0].value, rel=1e-5)
+
+
+def test_export_loads_with_plain_safetensors_and_with_reid(short_run):
+    from reid.data import keys
+    from reid.export import load_exported
+
+    _, run, _ = short_run
+    export = run / "final"
+    index = json.loads((export / "model.safetensors.index.json").read_text())
+    state = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state.update(load_file(str(export / shard)))
+    assert set(index["weight_map"]) == set(state)
+    assert (export / "tokenizer" / "tokenizer.json").is_file() or (export / "tokenizer" / "vocab.txt").is_file()
+    model, tokenizer, cfg, meta = load_exported(export)
+    own = model.state_dict()
+    for name, tensor in state.items():
+        torch.testing.assert_close(own[name], tensor, msg=name)
+    ids = tokenizer(["a woman in a red coat"], return_tensors="pt")
+    with torch.no_grad():
+        text = model({keys.INPUT_IDS: ids["input_ids"], keys.ATTENTION_MASK: ids["attention_mask"]})["text_embeds"]
+        image = model({keys.IMAGES: torch.zeros(2, 3, *meta["image_size"])})["image_embeds"]
+    assert text.shape == (1, 256) and image.shape == (2, 256)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(1))
+
+
+def test_resume_into_another_model_shape_names_the_tensor(short_run, synth_root):
+    tmp, run, _ = short_run
+    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=3", "model.shared_dim=128") + ["--resume", "latest"],
+                      check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "tensor 'shared_mlp.weight' has shape [512, 64] in the checkpoint but [128, 64]" in lines[0]
+
+
+def test_bad_config_key_is_one_line(tmp_path, synth_root):
+    proc = run_launch(args(tmp_path, synth_root, "bad", "model.fusion.num_head=3"), check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: model.fusion.num_head: unknown key (did you mean 'num_heads'?) (command-line override)"]
+    assert "Traceback" not in proc.stderr.split("error:")[0]  # nothing of ours before it
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, synth_root):
+    # A huge learning rate blows the weights up after one step; every later loss is non-finite.
+    proc = run_launch(args(tmp_path, synth_root, "nan", "optim.lr=1e30", "optim.head_lr=1e30", "train.max_bad_steps=3",
+                           "train.epochs=3"), check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert out.count("non-finite loss") >= 3 and "batch skipped" in out
+    assert "error: 3 non-finite losses in a row at step" in proc.stderr
