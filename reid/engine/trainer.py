@@ -87,17 +87,22 @@ class _Trainer:
         self.last_lrs: dict[str, float] = {}
         self.best_metrics: dict[str, float] = {}
 
+    def _print(self, message: str) -> None:
+        """On the global main process only (``accelerator.print`` prints once per node)."""
+        if self.accelerator.is_main_process:
+            print(message, flush=True)
+
     # ---------------------------------------------------------------- resume / save
     def _resume(self, resume: str | None) -> None:
         if not resume:
             return
         path = resolve_resume(resume, self.ctx.run_dir / "checkpoints")
         if path is None:
-            self.accelerator.print(f"resume: no checkpoint yet under {self.ctx.run_dir}/checkpoints, starting fresh")
+            self._print(f"resume: no checkpoint yet under {self.ctx.run_dir}/checkpoints, starting fresh")
             return
         check_compatible(path, self.raw_model, self.accelerator.num_processes, self.deepspeed)
         self.accelerator.load_state(str(path))
-        self.accelerator.print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch})")
+        self._print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch})")
 
     def _save(self) -> Path:
         meta = {"epoch": self.state.epoch, "shapes": parameter_shapes(self.raw_model)}
@@ -115,7 +120,7 @@ class _Trainer:
             if stopped:
                 self._save()
                 result.stopped_early = True
-                self.accelerator.print(f"stop requested ({self.stop.reason}): checkpoint saved at step {self.state.step}")
+                self._print(f"stop requested ({self.stop.reason}): checkpoint saved at step {self.state.step}")
                 return result
             if self.state.batch_in_epoch >= self.batches_per_epoch:
                 self.state.epoch += 1
@@ -201,7 +206,7 @@ class _Trainer:
         state.bad_steps_in_row += 1
         state.bad_steps_total += 1
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        self.accelerator.print(f"step {state.step}: non-finite loss ({', '.join(bad) or 'total'}), batch skipped")
+        self._print(f"step {state.step}: non-finite loss ({', '.join(bad) or 'total'}), batch skipped")
         if state.bad_steps_in_row >= self.cfg.train.max_bad_steps:
             raise TrainingError(
                 f"{state.bad_steps_in_row} non-finite losses in a row at step {state.step} "
@@ -261,7 +266,7 @@ class _Trainer:
     def _evaluate(self) -> dict[str, float]:
         metrics = self.ctx.evaluate(self.model)
         self.writer.scalars(self.state.step, {f"val/{k}": v for k, v in metrics.items()}, kind="val")
-        self.accelerator.print(
+        self._print(
             f"epoch {self.state.epoch} step {self.state.step}: "
             + " ".join(f"{k} {v:.2f}" for k, v in metrics.items())
         )
