@@ -49,6 +49,9 @@ def build_accelerator(cfg: Config) -> Accelerator:
         )
     if is_deepspeed(accelerator):
         _fill_deepspeed_config(accelerator, cfg)
+        if torch.cuda.is_available() and accelerator.mixed_precision == "no" and accelerator.is_main_process:
+            print("warning: DeepSpeed on GPU in fp32: pass --mixed_precision bf16 to accelerate launch "
+                  '(the ds_configs JSONs say "bf16": "auto")', flush=True)
     return accelerator
 
 
@@ -60,6 +63,14 @@ def zero_stage(accelerator: Accelerator) -> int:
     if not is_deepspeed(accelerator):
         return 0
     return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def optimizer_offloaded(accelerator: Accelerator) -> bool:
+    """True when the DeepSpeed JSON offloads the optimizer state (ZeRO-Offload)."""
+    if not is_deepspeed(accelerator):
+        return False
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    return zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
 
 
 def _fill_deepspeed_config(accelerator: Accelerator, cfg: Config) -> None:

@@ -45,11 +45,18 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups`; ``fused`` (one kernel for all parameters) on CUDA."""
-    return torch.optim.AdamW(
-        param_groups(model, cfg), lr=cfg.head_lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None
-    )
+def build_optimizer(
+    model: torch.nn.Module, cfg: OptimConfig, *, fused: bool = False, cpu_offload: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`: ``fused`` (one kernel for all parameters) on CUDA, or
+    DeepSpeed's ``DeepSpeedCPUAdam`` when ZeRO offloads the optimizer state to CPU memory (DeepSpeed
+    refuses a torch optimizer there)."""
+    groups = param_groups(model, cfg)
+    if cpu_offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.head_lr, betas=cfg.betas, eps=cfg.eps, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=cfg.head_lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:

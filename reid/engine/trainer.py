@@ -18,7 +18,7 @@ import torch
 
 from reid.config import Config
 from reid.data import keys
-from reid.engine.accel import build_accelerator, is_deepspeed
+from reid.engine.accel import build_accelerator, is_deepspeed, optimizer_offloaded
 from reid.engine.checkpoint import check_compatible, parameter_shapes, resolve_resume, save_checkpoint
 from reid.engine.optim import apply_lr, build_optimizer
 from reid.engine.run import RunContext, build_components, prepare_run_dir
@@ -59,7 +59,9 @@ class _Trainer:
         self.cfg, self.accelerator, self.ctx = cfg, accelerator, ctx
         self.state = TrainState()
         self.raw_model = ctx.model
-        optimizer = build_optimizer(ctx.model, cfg.optim, fused=accelerator.device.type == "cuda")
+        optimizer = build_optimizer(
+            ctx.model, cfg.optim, fused=accelerator.device.type == "cuda", cpu_offload=optimizer_offloaded(accelerator)
+        )
         self.model, self.optimizer = accelerator.prepare(ctx.model, optimizer)
         accelerator.register_for_checkpointing(self.state)
         self.deepspeed = is_deepspeed(accelerator)
