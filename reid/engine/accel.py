@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -26,8 +27,25 @@ from reid.config import Config
 from reid.errors import ConfigError
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _resolve_deepspeed_json() -> None:
+    """The accelerate_configs/*.yaml name ``ds_configs/*.json`` relative to the repository; make that
+    work from any working directory (Accelerate resolves it against the current one)."""
+    name = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if name and not Path(name).is_absolute() and not Path(name).is_file():
+        candidate = REPO_ROOT / name
+        if candidate.is_file():
+            os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(candidate)
+            return
+    if name and not Path(name).is_file() and not (REPO_ROOT / name).is_file():
+        raise ConfigError(f"DeepSpeed config file '{name}' (named by the Accelerate config) does not exist")
+
+
 def build_accelerator(cfg: Config) -> Accelerator:
     """One Accelerator for the run; gloo on CPU (DeepSpeed on CPU miscounts processes without it)."""
+    _resolve_deepspeed_json()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))
     deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
