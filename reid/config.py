@@ -33,8 +33,8 @@ from reid.errors import ConfigError
 class SynthConfig:
     """The embedded default: a synthetic dataset in CUHK-PEDES format, generated on first use."""
 
-    num_ids: int = 120
-    seed: int = 0
+    num_ids: int = 120  # identities, split about 70/15/15 into train/val/test
+    seed: int = 0  # the generator's seed (same seed, same bytes)
     image_size: tuple[int, int] = (128, 64)  # (H, W) of the rendered images
 
     def validate(self, path: str) -> None:
@@ -58,14 +58,14 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cuhk_pedes", "icfg_pedes", "rstpreid"] = "cuhk_pedes"
+    dataset: Literal["cuhk_pedes", "icfg_pedes", "rstpreid"] = "cuhk_pedes"  # annotation format
     root: str = ""  # dataset directory; "" = the synthetic dataset, generated into cache_dir
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     cache_dir: str = ""  # arrow / tokenizer / synthetic cache; "" = $REID_CACHE or ~/.cache/reid
     image_size: tuple[int, int] = (224, 224)  # (H, W) fed to the image encoder
     pixel_mean: Optional[tuple[float, float, float]] = None  # None = the encoder's statistics
-    pixel_std: Optional[tuple[float, float, float]] = None
-    text_max_length: int = 100
+    pixel_std: Optional[tuple[float, float, float]] = None  # None = the encoder's statistics
+    text_max_length: int = 100  # tokens per text at most (batches pad to their longest)
     tokenizer: str = ""  # "" = the text encoder's directory, or a vocabulary built for the data
     id_text: Literal["id", "full"] = "id"  # which text trains the identity branch
     negatives: Literal["random", "hard"] = "random"  # how the is_matched=0 cloth caption is drawn
@@ -73,7 +73,7 @@ class DataConfig:
     sampler: Literal["random", "identity"] = "identity"  # identity = P x K batches
     num_instances: int = 4  # K of P x K
     batch_size: int = 64  # per process
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader worker processes (decode + augment)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_bad_images: int = 50  # unreadable images skipped during training before it stops
 
@@ -102,17 +102,17 @@ class EncoderConfig:
     """A Hugging Face encoder: loaded from a local directory, or built from a preset (random init)."""
 
     path: str = ""  # local directory with config.json + weights; "" = build `preset` from scratch
-    preset: Literal["tiny", "small", "base"] = "tiny"
-    gradient_checkpointing: bool = False
+    preset: Literal["tiny", "small", "base"] = "tiny"  # sizes when path is "": tiny (64-d, 2 layers), small (ViT-S), base (ViT-B / BERT-base)
+    gradient_checkpointing: bool = False  # recompute activations in backward (memory for time)
 
 
 @dataclass
 class FusionConfig:
-    type: str = "attention_gated"  # "attention_gated" or "none"
-    dim: int = 256
-    num_heads: int = 4
-    output_dim: int = 256
-    dropout: float = 0.1
+    type: str = "attention_gated"  # "attention_gated" (the seed's module) or "none"
+    dim: int = 256  # input size: the 256-d image and text embeddings
+    num_heads: int = 4  # cross-attention heads
+    output_dim: int = 256  # fused embedding size
+    dropout: float = 0.1  # in attention, gate and output
 
     def validate(self, path: str) -> None:
         _check(self.dim > 0 and self.output_dim > 0, f"{path}.dim", "dimensions must be > 0")
@@ -150,11 +150,11 @@ class ModelConfig:
 class LossWeights:
     """Weight of each term in the total; 0 skips the term's computation entirely."""
 
-    info_nce: float = 1.0
-    cls: float = 1.0
-    bio: float = 1.0
-    cloth: float = 0.5
-    cloth_adv: float = 0.1
+    info_nce: float = 1.0  # image identity embedding <-> identity text, symmetric InfoNCE
+    cls: float = 1.0  # identity cross-entropy on id_logits
+    bio: float = 1.0  # identity-level alignment (IRRA's SDM): same-id pairs are positives
+    cloth: float = 0.5  # cloth image embedding <-> own cloth text, InfoNCE over matched pairs
+    cloth_adv: float = 0.1  # identity classifier on cloth features behind the GRL
     cloth_match: float = 0.5  # the seed's value
     decouple: float = 0.3  # the seed's value
     fusion_match: float = 0.0  # not in the seed: trains the fusion module as a pair-matching head
@@ -170,9 +170,9 @@ class LossWeights:
 class AlphaSchedule:
     """GRL strength per epoch: alpha = min(max, start + step * epoch) (the seed: 0.1, 0.02, 1.0)."""
 
-    start: float = 0.1
-    step: float = 0.02
-    max: float = 1.0
+    start: float = 0.1  # alpha at epoch 0
+    step: float = 0.02  # added per epoch
+    max: float = 1.0  # ceiling
 
     def validate(self, path: str) -> None:
         _check(self.start >= 0 and self.step >= 0 and self.max >= 0, path, "start/step/max must be >= 0")
@@ -203,7 +203,7 @@ class DisentangleConfig:
     alpha: AlphaSchedule = field(default_factory=AlphaSchedule)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 0.1  # the seed's InfoNCE temperature
-    learnable_temperature: bool = False
+    learnable_temperature: bool = False  # learn tau (a log-parameter clamped to [0.01, 1])
     label_smoothing: float = 0.0  # for `cls`
     cloth_match: ClothMatchConfig = field(default_factory=ClothMatchConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
@@ -221,11 +221,11 @@ class DisentangleConfig:
 class OptimConfig:
     """AdamW with two parameter groups: pretrained encoders at `lr`, new heads at `head_lr`."""
 
-    lr: float = 1e-5
-    head_lr: float = 1e-4
+    lr: float = 1e-5  # pretrained encoders
+    head_lr: float = 1e-4  # new heads, MLPs, fusion, classifiers
     weight_decay: float = 0.01  # never applied to norms, biases and temperatures
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    eps: float = 1e-8  # AdamW
     warmup_steps: int = 0  # optimizer steps of linear warm-up
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of each group's lr
 
@@ -240,12 +240,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
+    epochs: int = 60  # passes over the training rows (the lr schedule spans them)
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     grad_accum: int = 1  # micro-batches per optimizer step (the one place it is set)
     max_grad_norm: float = 5.0  # clipping (the one place it is set); 0 = off
-    seed: int = 42
-    output_dir: str = "runs"
+    seed: int = 42  # initial weights, data order, augmentation and negatives
+    output_dir: str = "runs"  # runs are written to <output_dir>/<run_name>
     run_name: str = ""  # "" = <config name>-<timestamp>
     log_every: int = 10  # optimizer steps between TensorBoard points
     save_every: int = 0  # optimizer steps between checkpoints (0 = at epoch ends only)
@@ -271,13 +271,16 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     split: Literal["val", "test"] = "val"  # model selection uses val, never test
-    batch_size: int = 128
+    batch_size: int = 128  # per process, for encoding gallery and queries
     query: Literal["full", "id"] = "full"  # full captions (standard) or their identity part
     chunk_size: int = 1024  # queries per similarity chunk (memory bound for large galleries)
+    # Re-score each query's top k with the fusion pair-matching head (needs fusion_match > 0); 0 = off.
+    rerank_topk: int = 0
 
     def validate(self, path: str) -> None:
         _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
         _check(self.chunk_size >= 1, f"{path}.chunk_size", "must be >= 1")
+        _check(self.rerank_topk >= 0, f"{path}.rerank_topk", "must be >= 0 (0 switches re-ranking off)")
 
 
 @dataclass

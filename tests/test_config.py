@@ -80,3 +80,9 @@ def test_seed_settings_in_cuhk_config():
     assert cfg.disentangle.loss_weights.cloth_match == 0.5 and cfg.disentangle.loss_weights.decouple == 0.3
     assert cfg.data.text_max_length == 100
     assert [cfg.disentangle.alpha.at(e) for e in (0, 10, 100)] == pytest.approx([0.1, 0.3, 1.0])
+
+
+def test_docs_config_md_is_generated_from_the_schema():
+    from reid.config_doc import render
+
+    assert (REPO / "docs" / "config.md").read_text() == render(), "run: python -m reid.config_doc > docs/config.md"

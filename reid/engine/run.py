@@ -17,6 +17,7 @@ from reid.evaluation import evaluate
 from reid.export import export_model, pixel_stats
 from reid.losses import Criterion
 from reid.model import build_model
+from reid.rerank import check_rerank
 
 
 @dataclass
@@ -86,10 +87,13 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     def export(model_: torch.nn.Module, out: Path) -> Path:
         return export_model(accelerator, model_, out, cfg=cfg, tokenizer=tokenizer, meta=meta)
 
+    check_rerank(cfg.eval, cfg.disentangle.loss_weights)  # before training, not at the first evaluation
+
     def run_eval(model_: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model_, eval_data, accelerator, chunk_size=cfg.eval.chunk_size)
+        return evaluate(model_, eval_data, accelerator, chunk_size=cfg.eval.chunk_size, rerank_topk=cfg.eval.rerank_topk)
 
     if cfg.eval.split == "test":
-        accelerator.print("warning: eval.split=test: model selection on the test split inflates results")
+        if accelerator.is_main_process:
+            print("warning: eval.split=test: model selection on the test split inflates results")
     return RunContext(run_dir, model, criterion, train_data, weights, run_eval, export)
 

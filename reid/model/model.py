@@ -34,6 +34,9 @@ from reid.model.grl import grad_reverse
 from reid.model.norm import convert_sync_batchnorm
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")  # parameters trained at optim.lr
+# Retrieval-only batch keys: re-ranking scores aligned (image, text) embedding pairs through forward.
+PAIR_IMAGE_EMBEDS = "pair_image_embeds"
+PAIR_TEXT_EMBEDS = "pair_text_embeds"
 _TEXT_KEYS = {
     "id": (keys.ID_INPUT_IDS, keys.ID_ATTENTION_MASK),
     "cloth": (keys.CLOTH_INPUT_IDS, keys.CLOTH_ATTENTION_MASK),
@@ -207,12 +210,11 @@ class T2IReIDModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training batch -> all outputs (see the class docstring). Retrieval goes through forward
         too, so that ZeRO-3 gathers the partitioned weights: a batch holding only ``images`` returns
-        ``{"image_embeds"}``; one holding only ``input_ids``/``attention_mask`` returns
-        ``{"text_embeds"}``."""
+        ``{"image_embeds", "id_embeds"}`` (+ ``"cloth_embeds"`` with a cloth branch); one holding only
+        ``input_ids``/``attention_mask`` returns ``{"text_embeds"}``; one holding only
+        ``pair_image_embeds``/``pair_text_embeds`` returns ``{"match_scores"}`` (:meth:`match_scores`)."""
         if keys.ID_INPUT_IDS not in batch:
-            if keys.IMAGES in batch:
-                return {"image_embeds": self.encode_image(batch[keys.IMAGES])}
-            return {"text_embeds": self.encode_text(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK])}
+            return self._retrieval(batch)
         images = batch[keys.IMAGES]
         B = images.shape[0]
         out, cloth_branch = self._branches(self._image_features(images))
@@ -235,6 +237,18 @@ class T2IReIDModel(nn.Module):
             out["cloth_match_bias"] = self.cloth_match_bias()
         if self.fusion is not None:
             out.update(self._fusion_outputs(out["image_embeds"], out["id_text_embeds"], batch[keys.PIDS]))
+        return out
+
+    def _retrieval(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if PAIR_IMAGE_EMBEDS in batch:
+            return {"match_scores": self.match_scores(batch[PAIR_IMAGE_EMBEDS], batch[PAIR_TEXT_EMBEDS])}
+        if keys.IMAGES not in batch:
+            return {"text_embeds": self.encode_text(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK])}
+        feats = self._image_features(batch[keys.IMAGES])  # (N, H)
+        id_embeds = F.relu(self.id_projection(feats))  # (N, H), as encode_image
+        out = {"image_embeds": self._image_head(id_embeds), "id_embeds": id_embeds}
+        if self.cloth_projection is not None:  # raw branch features, for the leakage probes
+            out["cloth_embeds"] = F.relu(self.cloth_projection(feats))  # (N, H)
         return out
 
     def _image_features(self, images: Tensor) -> Tensor:

@@ -1,0 +1,70 @@
+"""Evaluate an exported reid model on a split, across every launched process.
+
+    accelerate launch launch/evaluate.py --checkpoint runs/<run>/best [--split val|test]
+        [--data-root DIR --dataset cuhk_pedes|icfg_pedes|rstpreid] [--rerank-topk K] [--json OUT]
+        [key=value ...]
+
+Without ``--data-root`` the model is evaluated on the data it was trained on (its config's
+``data`` section; the synthetic default when that was empty). Prints the table of
+``reid.evaluation.format_report`` and, with ``--json``, writes the same numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reid.config import load_config
+from reid.engine.accel import build_accelerator
+from reid.errors import report_user_errors
+from reid.evaluation import evaluate_split, format_report
+from reid.export import load_exported
+from reid.rerank import check_rerank
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="an exported model: <run>/best or <run>/final")
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="default: %(default)s")
+    parser.add_argument("--data-root", default=None, help="dataset directory (default: the model's training data)")
+    parser.add_argument("--dataset", default=None, help="annotation format of --data-root (cuhk_pedes, icfg_pedes, rstpreid)")
+    parser.add_argument("--rerank-topk", type=int, default=None,
+                        help="re-score each query's top k with the fusion head (default: the model's eval.rerank_topk)")
+    parser.add_argument("--no-probes", action="store_true", help="skip the leakage probes (they encode the train split)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the model's config, e.g. eval.batch_size=256")
+    return parser.parse_args(argv)
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, tokenizer, cfg, meta = load_exported(args.checkpoint)
+    overrides = list(args.overrides)
+    overrides += [f"data.root={args.data_root}"] if args.data_root else []
+    overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
+    overrides += [f"eval.rerank_topk={args.rerank_topk}"] if args.rerank_topk is not None else []
+    if overrides:
+        cfg = load_config(args.checkpoint / "config.yaml", overrides)
+    check_rerank(cfg.eval, cfg.disentangle.loss_weights)
+    accelerator = build_accelerator(cfg)
+    # No prepare(): evaluation needs no gradient sync, and every process holds the whole model.
+    model = model.to(accelerator.device)
+    report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split=args.split,
+                            rerank_topk=cfg.eval.rerank_topk, probes=not args.no_probes)
+    if accelerator.is_main_process:
+        report["checkpoint"] = str(args.checkpoint.resolve())
+        print(format_report(report), flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1))
+            print(f"wrote {args.json}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

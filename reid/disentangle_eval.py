@@ -1,0 +1,215 @@
+"""Disentanglement, measured where the ground-truth factors are known (the synthetic dataset).
+
+``reid-synth`` writes ``synth_factors.json`` beside ``reid_raw.json``: per image ``file_path`` the
+person, the ``outfit_id`` (unique over the dataset) and the identity / clothing factors. From it:
+
+* **Clothing-change retrieval** (the standard cloth-changing ReID protocol): each query describes
+  a person in one outfit; that person's gallery images in the *same* outfit are removed from its
+  gallery, so only their other outfits count as hits. :func:`outfit_ids` gives the groups that
+  :func:`reid.evaluation.retrieval_metrics` removes.
+* **Leakage probes**: linear classifiers on frozen features. ``id -> upper colour`` (fit on the
+  train split's images, scored on the evaluated split: clothing left in the identity features),
+  ``cloth -> person`` (identities of the evaluated split, fit on some of each person's outfits and
+  scored on another, every outfit in turn: identity left in the clothing features, across a change
+  of clothes). The same
+  probes on the other branch are the references: what a branch that does carry the factor
+  reaches. Chance is the majority-class rate of the scored set.
+* ``mean_abs_cos``: mean |cos(id_embeds, cloth_embeds)| per image.
+
+Datasets without the file (CUHK-PEDES, ICFG-PEDES, RSTPReid) have none of this but the |cos|.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reid.errors import DataError
+
+FACTORS_FILE = "synth_factors.json"
+PROBE_STEPS = 100  # L-BFGS iterations; the probes are small, smooth convex problems
+PROBE_WEIGHT_DECAY = 1e-4  # on the summed squared weights; 1e-3 already blunts a clean linear factor
+
+
+def load_factors(root: Path) -> Optional[dict[str, dict]]:
+    """``synth_factors.json`` of the dataset at ``root`` ({file_path: factors}), or None if absent."""
+    path = Path(root) / FACTORS_FILE
+    if not path.is_file():
+        return None
+    try:
+        factors = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(factors, dict):
+        raise DataError(f"{path}: expected a mapping of file_path -> factors")
+    return factors
+
+
+def missing_factors(factors: dict[str, dict], file_paths: Sequence[str]) -> list[str]:
+    """The file paths that have no factors (the protocols need every one)."""
+    return [p for p in file_paths if p not in factors]
+
+
+def outfit_ids(factors: dict[str, dict], file_paths: Sequence[str]) -> Tensor:
+    """``(N,)`` int64 outfit of each file (every path must be in ``factors``)."""
+    return torch.tensor([int(factors[p]["outfit_id"]) for p in file_paths], dtype=torch.int64)
+
+
+def factor(factors: dict[str, dict], file_paths: Sequence[str], section: str, name: str) -> list[str]:
+    """One factor of each file, e.g. ``("clothing", "upper_colour")`` or ``("identity", "hair_colour")``."""
+    return [str(factors[p][section][name]) for p in file_paths]
+
+
+def train_image_loader(
+    cfg: Any, tokenizer: Any, root: Path, *, batch_size: int, rank: int = 0, world_size: int = 1,
+    pixel_mean: Optional[Sequence[float]] = None, pixel_std: Optional[Sequence[float]] = None,
+) -> tuple[Any, list[str]]:
+    """A gallery-style loader over the train split's distinct images (sharded like the evaluation
+    data; ``cfg`` is the DataConfig), and their file paths in loader order."""
+    from torch.utils.data import DataLoader
+
+    from reid.data.loader import CheckedGalleryLoader, GalleryDataset, collate_gallery
+    from reid.data.samplers import ShardSampler
+    from reid.data.tables import build_tables
+    from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform
+
+    table = build_tables(cfg, tokenizer, root).train  # one row per caption
+    _, first = np.unique(np.asarray(list(table["image_id"])), return_index=True)
+    images = table.select(sorted(first.tolist()))
+    transform = EvalTransform(cfg.image_size, cfg.pixel_mean or pixel_mean or DEFAULT_MEAN,
+                              cfg.pixel_std or pixel_std or DEFAULT_STD)
+    loader = DataLoader(GalleryDataset(images, transform), batch_size=batch_size, collate_fn=collate_gallery,
+                        sampler=ShardSampler(len(images), rank, world_size), num_workers=cfg.num_workers)
+    return CheckedGalleryLoader(loader), list(images["file_path"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Probes
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeResult:
+    accuracy: float  # percent, on the scored set
+    chance: float  # percent: the scored set's majority-class rate
+    num_train: int  # per fit (the mean over folds for the cross-outfit probe)
+    num_test: int
+    num_classes: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def fit_predict(
+    train_x: Tensor, train_y: Sequence[Any], test_x: Tensor,
+    *, weight_decay: float = PROBE_WEIGHT_DECAY, steps: int = PROBE_STEPS,
+) -> list[Any]:
+    """Multinomial logistic regression (L-BFGS from zeros, float64, features standardised on the
+    train set) fit on ``(train_x, train_y)``; the predicted label of each row of ``test_x``.
+    Labels may be any hashables. Deterministic."""
+    classes = sorted(set(train_y), key=str)
+    index = {c: i for i, c in enumerate(classes)}
+    y = torch.tensor([index[c] for c in train_y])
+    x = train_x.detach().to("cpu", torch.float64)  # (N, D)
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-6)
+    x = (x - mean) / std
+    weight = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + weight_decay * weight.square().sum()
+        loss.backward()
+        return loss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few thousand flops per op: intra-op threads only add waiting (10x on 2 busy cores)
+    try:
+        with torch.enable_grad():
+            opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
+    tx = (test_x.detach().to("cpu", torch.float64) - mean) / std
+    return [classes[i] for i in (tx @ weight + bias).argmax(1).tolist()]
+
+
+def _result(predicted: Sequence[Any], truth: Sequence[Any], num_train: int, num_classes: int) -> ProbeResult:
+    """Accuracy; a test label never seen in training counts as an error."""
+    correct = sum(p == t for p, t in zip(predicted, truth))
+    _, counts = np.unique(np.asarray([str(t) for t in truth]), return_counts=True)
+    return ProbeResult(accuracy=100.0 * correct / len(truth), chance=100.0 * float(counts.max()) / len(truth),
+                       num_train=num_train, num_test=len(truth), num_classes=num_classes)
+
+
+def linear_probe(train_x: Tensor, train_y: Sequence[Any], test_x: Tensor, test_y: Sequence[Any], **kwargs: Any) -> ProbeResult:
+    """:func:`fit_predict` on the train set, scored on ``(test_x, test_y)``."""
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise ValueError(f"a probe needs training and test samples, got {len(train_x)} and {len(test_x)}")
+    return _result(fit_predict(train_x, train_y, test_x, **kwargs), test_y, len(train_y), len(set(train_y)))
+
+
+def outfit_folds(pids: Tensor, outfits: Tensor) -> Tensor:
+    """``(N,)`` fold of each image: the rank of its outfit among its person's outfits (0, 1, ...);
+    -1 for a person seen in one outfit only (never scored: nothing to cross to)."""
+    folds = torch.full((len(pids),), -1, dtype=torch.long)
+    for pid in pids.unique():
+        mine = pids == pid
+        own = outfits[mine].unique()  # sorted
+        if len(own) > 1:
+            folds[mine] = torch.searchsorted(own, outfits[mine])
+    return folds
+
+
+def cross_outfit_probe(feats: Tensor, pids: Tensor, outfits: Tensor, **kwargs: Any) -> ProbeResult:
+    """Predict the person across a change of clothes: for each fold f, fit on every image not in
+    fold f and score fold f's images (each person's f-th outfit, unseen in fitting); pooled."""
+    folds, labels = outfit_folds(pids, outfits), pids.tolist()
+    predicted, truth, fitted = [], [], 0
+    for f in range(int(folds.max()) + 1):
+        test = folds == f
+        train_idx, test_idx = (~test).nonzero().squeeze(1).tolist(), test.nonzero().squeeze(1).tolist()
+        predicted += fit_predict(feats[~test], [labels[i] for i in train_idx], feats[test], **kwargs)
+        truth += [labels[i] for i in test_idx]
+        fitted += len(train_idx)
+    if not truth:
+        raise ValueError("a cross-outfit probe needs a person seen in two outfits")
+    return _result(predicted, truth, fitted // (int(folds.max()) + 1), len(set(labels)))
+
+
+# Identity attributes (hair colour, gender) are not probed: an evaluation split holds ~18 people, so
+# their label distribution differs from the train split's and the probe measures that shift.
+ATTRIBUTE_PROBES = {"upper_colour": ("clothing", "upper_colour")}  # name -> (section, factor)
+LEAKAGE = {("id", "upper_colour"), ("cloth", "person")}  # the other two are references
+
+
+def leakage_probes(
+    train: dict[str, Tensor], train_paths: Sequence[str],
+    evaluated: dict[str, Tensor], eval_paths: Sequence[str], eval_pids: Tensor,
+    factors: dict[str, dict],
+) -> dict[str, ProbeResult]:
+    """``{branch}_to_{target}`` probes for both branches: the attributes of ATTRIBUTE_PROBES (fit on
+    the train split's images, scored on the evaluated split) and ``person`` (cross-outfit, within
+    the evaluated split). ``train`` / ``evaluated`` hold ``id_embeds`` and ``cloth_embeds`` (N, H)."""
+    outfits = outfit_ids(factors, eval_paths)
+    results = {}
+    for branch in ("id", "cloth"):
+        feats, eval_feats = train[f"{branch}_embeds"], evaluated[f"{branch}_embeds"].cpu()
+        for target, (section, name) in ATTRIBUTE_PROBES.items():
+            results[f"{branch}_to_{target}"] = linear_probe(
+                feats, factor(factors, train_paths, section, name),
+                eval_feats, factor(factors, eval_paths, section, name),
+            )
+        results[f"{branch}_to_person"] = cross_outfit_probe(eval_feats, eval_pids.cpu(), outfits)
+    return results
+
+
+def mean_abs_cos(a: Tensor, b: Tensor) -> float:
+    """Mean over rows of |cos(a_i, b_i)|; a row of zeros (a dead ReLU branch) has cos 0."""
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12).abs().mean())

@@ -1,0 +1,242 @@
+"""Evaluation: protocol metrics against brute force, the model's retrieval dispatch, probes, the
+full split evaluation of an export, and `accelerate launch launch/evaluate.py`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from reid.config import EvalConfig, LossWeights, load_config
+from reid.errors import ConfigError
+from reid.data import build_eval_data, build_tokenizer, keys
+from reid.disentangle_eval import cross_outfit_probe, linear_probe, load_factors, mean_abs_cos, outfit_folds
+from reid.evaluation import METRICS, evaluate, evaluate_split, format_report, retrieval_metrics
+from reid.export import load_exported
+from reid.metrics import rank_from_embeddings
+from reid.model.model import PAIR_IMAGE_EMBEDS, PAIR_TEXT_EMBEDS
+from reid.rerank import Reranked, check_rerank
+from tests.conftest import REPO, run_launch
+from tests.export_fixtures import make_export
+
+
+def brute_force(sim, qp, gp, q_groups=None, g_groups=None, cand=None, cand_scores=None) -> dict:
+    """Per query, in plain Python: drop the query's group, order (re-ranked candidates first), score."""
+    sums, valid = dict.fromkeys(METRICS, 0.0), 0
+    for i in range(sim.shape[0]):
+        allowed = [j for j in range(sim.shape[1]) if q_groups is None or g_groups[j] != q_groups[i]]
+        order = sorted(allowed, key=lambda j: (-float(sim[i, j]), j))
+        if cand is not None:
+            mine = [(j, -float(s), slot) for slot, (j, s) in enumerate(zip(cand[i].tolist(), cand_scores[i])) if j in allowed]
+            head = [j for j, _, _ in sorted(mine, key=lambda t: (t[1], t[2]))]
+            order = head + [j for j in order if j not in head]
+        hits = [int(gp[j]) == int(qp[i]) for j in order]
+        if not any(hits):
+            continue
+        valid += 1
+        for k in (1, 5, 10):
+            sums[f"R{k}"] += any(hits[:k])
+        ranks = [r + 1 for r, h in enumerate(hits) if h]
+        sums["mAP"] += sum((n + 1) / r for n, r in enumerate(ranks)) / len(ranks)
+        sums["mINP"] += len(ranks) / ranks[-1]
+    out = {k: 100.0 * v / valid for k, v in sums.items()}
+    out["num_skipped"] = sim.shape[0] - valid
+    return out
+
+
+def random_problem(seed: int, num_q: int = 23, num_g: int = 31, dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(num_q, dim, generator=g, dtype=torch.float64), dim=1)
+    gal = torch.nn.functional.normalize(torch.randn(num_g, dim, generator=g, dtype=torch.float64), dim=1)
+    gp = torch.randint(0, 5, (num_g,), generator=g)
+    qp = torch.randint(0, 6, (num_q,), generator=g)  # pid 5: never in the gallery (skipped)
+    g_groups = gp * 3 + torch.randint(0, 3, (num_g,), generator=g)  # 3 outfits per person
+    q_groups = qp * 3 + torch.randint(0, 3, (num_q,), generator=g)
+    return q, gal, qp, gp, q_groups, g_groups
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 1000])
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("reranked", [False, True])
+def test_protocol_metrics_match_brute_force(chunk_size: int, grouped: bool, reranked: bool) -> None:
+    q, gal, qp, gp, q_groups, g_groups = random_problem(seed=chunk_size + 10 * grouped + 100 * reranked)
+    groups = dict(query_groups=q_groups, gallery_groups=g_groups) if grouped else {}
+    rr = None
+    if reranked:  # any distinct candidates, some of them removed by the protocol; tied scores too
+        gen = torch.Generator().manual_seed(7)
+        cand = torch.stack([torch.randperm(len(gal), generator=gen)[:6] for _ in range(len(q))])
+        rr = Reranked(cand, torch.randint(0, 3, cand.shape, generator=gen).double())
+    ours = retrieval_metrics(q, gal, qp, gp, reranked=rr, chunk_size=chunk_size, **groups)
+    ref = brute_force(q @ gal.T, qp, gp, q_groups if grouped else None, g_groups if grouped else None,
+                      rr.indices if rr else None, rr.scores.tolist() if rr else None)
+    assert ours["num_skipped"] == ref["num_skipped"] > 0
+    for name in METRICS:
+        assert ours[name] == pytest.approx(ref[name], abs=1e-5), name  # metrics.py sums AP in float32
+
+
+def test_without_a_protocol_it_is_exactly_rank_from_embeddings() -> None:
+    q, gal, qp, gp, _, _ = random_problem(seed=3)
+    assert retrieval_metrics(q, gal, qp, gp, chunk_size=5) == rank_from_embeddings(q, gal, qp, gp, chunk_size=5)
+
+
+def test_a_protocol_that_leaves_no_hit_raises() -> None:
+    q, gal, qp, gp, _, _ = random_problem(seed=4)
+    with pytest.raises(ValueError, match="has a hit left"):  # every gallery item in every query's group
+        retrieval_metrics(q, gal, qp, gp, query_groups=torch.zeros(len(q)), gallery_groups=torch.zeros(len(gal)))
+
+
+def test_forward_image_dispatch_returns_branch_features_and_pair_dispatch_scores() -> None:
+    from tests.test_model import make_batch, tiny, every_term
+
+    model = tiny(every_term()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        train_out = model(batch)
+        images = model({keys.IMAGES: batch[keys.IMAGES]})
+        pairs = model({PAIR_IMAGE_EMBEDS: images["image_embeds"], PAIR_TEXT_EMBEDS: train_out["id_text_embeds"]})
+        direct = model.match_scores(images["image_embeds"], train_out["id_text_embeds"])
+    assert set(images) == {"image_embeds", "id_embeds", "cloth_embeds"}
+    for name in images:
+        torch.testing.assert_close(images[name], train_out[name])
+    torch.testing.assert_close(images["image_embeds"], model.encode_image(batch[keys.IMAGES]))
+    assert set(pairs) == {"match_scores"} and pairs["match_scores"].shape == (len(batch[keys.PIDS]),)
+    torch.testing.assert_close(pairs["match_scores"], direct)
+
+
+def test_linear_probe_finds_a_linear_factor_and_not_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (400,), generator=g)
+    x = torch.randn(400, 16, generator=g)
+    x[:, 3] += 6.0 * labels  # the label is linear in one feature (nearest-centre accuracy ~99%)
+    found = linear_probe(x[:300], labels[:300].tolist(), x[300:], labels[300:].tolist())
+    assert found.accuracy > 95 and found.num_classes == 4 and found.num_test == 100
+    noise = linear_probe(torch.randn(300, 16, generator=g), labels[:300].tolist(),
+                         torch.randn(100, 16, generator=g), labels[300:].tolist())
+    assert noise.accuracy < noise.chance + 15
+    assert noise.chance == pytest.approx(100 * torch.bincount(labels[300:]).max().item() / 100)
+
+
+def test_unseen_test_labels_count_as_errors() -> None:
+    x = torch.tensor([[0.0], [1.0], [0.1], [0.9]])
+    result = linear_probe(x[:2], ["a", "b"], x[2:], ["a", "c"])
+    assert result.accuracy == 50.0 and result.chance == 50.0
+
+
+def test_the_cross_outfit_probe_scores_every_outfit_unseen() -> None:
+    pids, outfits = torch.tensor([1, 1, 1, 2, 2, 3, 2]), torch.tensor([10, 11, 11, 20, 21, 30, 22])
+    assert outfit_folds(pids, outfits).tolist() == [0, 1, 1, 0, 1, -1, 2]  # person 3: one outfit
+    # The feature says who it is only through the outfit: a probe that crosses outfits cannot use it.
+    by_outfit = torch.nn.functional.one_hot(outfits - 10).double()
+    assert cross_outfit_probe(by_outfit, pids, outfits).accuracy < 50
+    by_person = torch.nn.functional.one_hot(pids).double() + 0.01 * by_outfit[:, :4].sum(1, keepdim=True)
+    result = cross_outfit_probe(by_person, pids, outfits)
+    assert result.accuracy == 100.0 and result.num_test == 6 and result.num_classes == 3
+
+
+def test_mean_abs_cos() -> None:
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [-1.0, -1.0], [1.0, 0.0]])
+    assert mean_abs_cos(a, b) == pytest.approx(1 / 3)
+
+
+def test_rerank_needs_a_fusion_head_and_a_sane_k() -> None:
+    with pytest.raises(ConfigError, match="fusion_match"):
+        check_rerank(EvalConfig(rerank_topk=5), LossWeights())
+    check_rerank(EvalConfig(rerank_topk=5), LossWeights(fusion_match=0.5))
+    with pytest.raises(ConfigError, match="eval.rerank_topk"):
+        load_config(None, ["eval.rerank_topk=-1"])
+
+
+# --------------------------------------------------------------------------------------------------
+# On a tiny exported model
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def export(synth_root: Path, tmp_path_factory) -> Path:
+    return make_export(synth_root, tmp_path_factory.mktemp("evaluation") / "best")
+
+
+def test_evaluate_split_reports_every_protocol_and_matches_the_trainer(export: Path) -> None:
+    model, tokenizer, cfg, meta = load_exported(export)
+    accelerator = Accelerator(cpu=True)
+    report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split="val", rerank_topk=3)
+    assert report["notes"] == []
+    assert set(report["retrieval"]) == {"standard", "clothing_change"}
+    assert set(report["retrieval"]["clothing_change"]) == {"full", "id"}
+    assert report["reranked"]["topk"] == 3 and report["reranked"]["pairs"] == 4 * 3 * report["num_queries"]
+    probes = report["disentangle"]["probes"]
+    assert set(probes) == {"id_to_upper_colour", "cloth_to_person", "cloth_to_upper_colour", "id_to_person"}
+    assert all(0 <= p["accuracy"] <= 100 and p["num_test"] > 0 for p in probes.values())
+    data = build_eval_data(cfg.data, tokenizer, "val", batch_size=5, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
+    trainer = evaluate(model, data, accelerator, chunk_size=7, rerank_topk=3)
+    for name in METRICS:
+        assert trainer[name] == pytest.approx(report["retrieval"]["standard"]["full"][name], abs=1e-6)
+        assert trainer[f"rerank_{name}"] == pytest.approx(report["reranked"]["standard"]["full"][name], abs=1e-6)
+    for name in ("R5", "R10"):  # re-ranking the top 3 cannot change R@5 / R@10
+        assert trainer[f"rerank_{name}"] == trainer[name]
+    text = format_report(report)
+    assert "clothing-change" in text and "cloth -> person (leakage)" in text and "re-rank@3" in text
+    json.dumps(report)  # JSON-able
+
+
+def test_clothing_change_removes_exactly_the_same_outfit(export: Path, synth_root: Path) -> None:
+    model, tokenizer, cfg, meta = load_exported(export)
+    report = evaluate_split(model, cfg, tokenizer, meta, Accelerator(cpu=True), split="val", probes=False)
+    data = build_eval_data(cfg.data, tokenizer, "val", batch_size=8, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
+    factors = load_factors(synth_root)
+    from reid.evaluation import encode
+
+    gallery, gp = encode(model, data.gallery_loader, Accelerator(cpu=True), "image", len(data.gallery))
+    queries, qp = encode(model, data.query_loader, Accelerator(cpu=True), "text", len(data.queries))
+    g_out = [factors[p]["outfit_id"] for p in data.gallery["file_path"]]
+    q_out = [factors[p]["outfit_id"] for p in data.queries["file_path"]]
+    ref = brute_force(queries @ gallery.T, qp, gp, q_out, g_out)
+    for name in METRICS:
+        assert report["retrieval"]["clothing_change"]["full"][name] == pytest.approx(ref[name], abs=1e-6)
+
+
+def test_a_dataset_without_factors_reports_the_protocol_as_unavailable(export: Path, synth_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns("synth_factors.json"))
+    model, tokenizer, _, meta = load_exported(export)
+    cfg = load_config(export / "config.yaml", [f"data.root={root}"])
+    report = evaluate_split(model, cfg, tokenizer, meta, Accelerator(cpu=True), split="val")
+    assert set(report["retrieval"]) == {"standard"} and "probes" not in report["disentangle"]
+    assert any("clothing-change protocol and probes: not available" in n for n in report["notes"])
+    assert "note: clothing-change" in format_report(report)
+
+
+def _evaluate_main():
+    spec = importlib.util.spec_from_file_location("launch_evaluate", REPO / "launch" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_evaluate_cli_rejects_a_directory_that_is_not_an_export(tmp_path: Path, capsys) -> None:
+    assert _evaluate_main()(["--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an exported reid model" in err[0]
+
+
+@pytest.mark.slow
+def test_launch_evaluate_counts_each_sample_once_on_two_processes(export: Path, tmp_path: Path) -> None:
+    outs = {}
+    for name, config in (("one", None), ("two", "cpu_ddp")):
+        outs[name] = tmp_path / f"{name}.json"
+        proc = run_launch(["launch/evaluate.py", "--checkpoint", str(export), "--split", "val", "--rerank-topk", "3",
+                           "--json", str(outs[name])], accel_config=config, timeout=300)
+        assert "clothing-change" in proc.stdout and "linear probe" in proc.stdout
+    one, two = (json.loads(outs[n].read_text()) for n in ("one", "two"))
+    assert two["num_processes"] == 2 and one["num_gallery"] == two["num_gallery"]
+    for section in ("retrieval", "reranked"):
+        for protocol in ("standard", "clothing_change"):
+            for q in ("full", "id"):
+                for name in METRICS:
+                    assert one[section][protocol][q][name] == pytest.approx(two[section][protocol][q][name], abs=1e-4)
