@@ -217,6 +217,11 @@ class _Trainer:
             )
 
     def _optimizer_step(self, skipped: bool) -> None:
+        """At an accumulation boundary. A skipped (non-finite) boundary micro-batch drops the whole
+        window's update under DDP (gradients zeroed). Under DeepSpeed the step happens inside
+        ``backward``, which a skipped micro-batch never calls: with ``train.grad_accum`` 1 that is a
+        clean skip; with more, the window's earlier gradients stay in DeepSpeed's buffers and join
+        the next window (a known limitation)."""
         if self.deepspeed:
             # DeepSpeed already clipped and stepped inside accelerator.backward().
             norm = self.model.get_global_grad_norm()
