@@ -26,7 +26,7 @@ class RunContext:
     model: torch.nn.Module
     criterion: Callable
     train_data: Any
-    weights: dict[str, float]
+    weights: dict[str, float]  # of the enabled terms (for loss_weighted/* tags)
     evaluate: Callable[[torch.nn.Module], dict[str, float]]
     export: Callable[[torch.nn.Module, Path], Path]
 
@@ -80,7 +80,6 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     if cfg.train.compile:
         model.compile_encoders()
     criterion = Criterion(cfg.disentangle)
-    weights = {k: float(v) for k, v in vars(cfg.disentangle.loss_weights).items()}
     meta = {"num_classes": train_data.num_classes, "image_size": list(cfg.data.image_size),
             "pixel_mean": list(mean), "pixel_std": list(std)}
 
@@ -95,5 +94,5 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     if cfg.eval.split == "test":
         if accelerator.is_main_process:
             print("warning: eval.split=test: model selection on the test split inflates results")
-    return RunContext(run_dir, model, criterion, train_data, weights, run_eval, export)
+    return RunContext(run_dir, model, criterion, train_data, criterion.weights, run_eval, export)
 

@@ -65,29 +65,33 @@ class Criterion:
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """-> (total, {term: unweighted value}, {diagnostic: detached value}), all 0-d tensors."""
         view = _Batch(outputs, batch)
-        terms = {name: getattr(self, f"_{name}")(view) for name in self.weights}
+        terms: dict[str, Tensor] = {}
+        for name in self.weights:
+            terms[name] = getattr(self, f"_{name}")(view, terms)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, terms, diagnostics(outputs, batch)
 
     # One method per term: pick the inputs, call the pure function in reid/losses/terms.py.
-    def _info_nce(self, v: _Batch) -> Tensor:
+    def _info_nce(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         return T.info_nce(v.all("image_embeds"), v.all("id_text_embeds"), v.tau, rows=v.rows)
 
-    def _cls(self, v: _Batch) -> Tensor:
+    def _cls(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         return T.id_classification(v.out["id_logits"], v.batch[keys.PIDS], self.cfg.label_smoothing)
 
-    def _bio(self, v: _Batch) -> Tensor:
+    def _bio(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         return T.sdm(v.all("image_embeds"), v.all("id_text_embeds"), v.all(keys.PIDS), v.tau, rows=v.rows)
 
-    def _cloth(self, v: _Batch) -> Tensor:
+    def _cloth(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         image, text, valid = v.all("cloth_image_embeds"), v.all("cloth_text_embeds"), v.all(keys.CLOTH_VALID)
         return T.cloth_contrastive(image, text, valid, v.tau, rows=v.rows)
 
-    def _cloth_adv(self, v: _Batch) -> Tensor:
+    def _cloth_adv(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         return T.adversarial_id(v.out["cloth_adv_logits"], v.batch[keys.PIDS])
 
-    def _cloth_match(self, v: _Batch) -> Tensor:
+    def _cloth_match(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         if self.cfg.cloth_match.form == "seed":
+            if "cloth" in done:  # the same quantity (see terms.cloth_match_seed): compute it once
+                return done["cloth"]
             image, text, valid = v.all("cloth_image_embeds"), v.all("cloth_text_embeds"), v.all(keys.CLOTH_VALID)
             return T.cloth_match_seed(image, text, valid, v.tau, rows=v.rows)
         return self._pair_cloth_match(v)
@@ -112,12 +116,12 @@ class Criterion:
         bias = v.out["cloth_match_bias"]
         return T.pair_match(image.repeat(3, 1), texts, is_matched, v.tau, bias, weight=weight, denom=denom)
 
-    def _decouple(self, v: _Batch) -> Tensor:
+    def _decouple(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         if self.cfg.decouple.form == "seed":
             return T.decouple_seed(v.out["decouple_id"], v.out["decouple_cloth"])
         return T.decouple_xcorr(v.all("id_embeds"), v.all("cloth_embeds"))
 
-    def _fusion_match(self, v: _Batch) -> Tensor:
+    def _fusion_match(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         out = v.out
         return T.fusion_match(out["fusion_pos_logits"], out["fusion_neg_logits"], out["fusion_neg_valid"])
 

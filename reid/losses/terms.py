@@ -92,20 +92,10 @@ def cloth_contrastive(
     return info_nce(cloth_image, cloth_text, temperature, valid=valid, rows=rows)
 
 
-def cloth_match_seed(
-    cloth_image: Tensor,
-    cloth_text: Tensor,
-    valid: Tensor,
-    temperature: Tensor | float,
-    *,
-    rows: Rows | None = None,
-) -> Tensor:
-    """``cloth_match`` (form: seed): the seed's in-batch InfoNCE with diagonal labels.
-
-    The seed ignores ``is_matched`` and so trains its ``is_matched = 0`` rows as positives; here it
-    runs over matched rows only, which makes it the same quantity as :func:`cloth_contrastive`.
-    """
-    return info_nce(cloth_image, cloth_text, temperature, valid=valid, rows=rows)
+# ``cloth_match`` (form: seed): the seed's in-batch InfoNCE with diagonal labels. The seed ignores
+# ``is_matched`` and so trains its ``is_matched = 0`` rows as positives; restricted to matched rows it
+# is the same quantity as ``cloth`` (the criterion reuses that term's value when both are on).
+cloth_match_seed = cloth_contrastive
 
 
 def sdm(
