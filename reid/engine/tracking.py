@@ -37,7 +37,8 @@ class Meters:
         if not self.sums:
             return {}
         names = sorted(self.sums)
-        stacked = torch.stack([self.sums[n] / self.counts[n] for n in names])
+        device = self.sums[names[0]].device  # one device for the stack, whatever each value came from
+        stacked = torch.stack([self.sums[n].to(device) / self.counts[n] for n in names])
         if accelerator.num_processes > 1:
             stacked = accelerator.reduce(stacked, reduction="mean")
         values = stacked.tolist()

@@ -226,7 +226,8 @@ class _Trainer:
             # DeepSpeed already clipped and stepped inside accelerator.backward().
             norm = self.model.get_global_grad_norm()
             if norm is not None and not skipped:
-                self.meters.add({"grad_norm": torch.as_tensor(float(norm))})
+                # a float or a tensor, depending on the DeepSpeed version: keep it on the device
+                self.meters.add({"grad_norm": torch.as_tensor(norm, dtype=torch.float32, device=self.accelerator.device)})
             return
         if not skipped:
             max_norm = self.cfg.train.max_grad_norm or float("inf")
