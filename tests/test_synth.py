@@ -82,7 +82,7 @@ def test_factors_side_file(dataset):
         assert set(f["camera"]) >= {"scale", "shift_x", "brightness", "background", "facing"}
         assert owner.setdefault(f["outfit_id"], rec["id"]) == rec["id"]  # outfit ids are per person
         outfits[rec["id"]].add(f["outfit_id"])
-    assert all(len(o) >= 2 for o in outfits.values())
+    assert all(len(o) == synth.OUTFITS_PER_PERSON for o in outfits.values())  # >= 3: clothing-change needs 2 others
     assert meta["num_outfits"] == len(owner)
     by_person, by_outfit = defaultdict(list), defaultdict(list)
     for f in factors.values():
@@ -107,6 +107,22 @@ def test_clothing_independent_of_identity():
     assert 0.15 < np.mean(rate["man"]) < 0.45
 
 
+def test_continuous_factors_sit_inside_separated_bands_of_their_words():
+    from reid.data.synth_text import identity_words
+
+    for pid in range(300):
+        ident = synth.sample_identity(synth._rng(0, pid, synth._IDENTITY))
+        words = identity_words(ident)
+        for value, bands, word in ((ident.height, synth.HEIGHT_BANDS, words["height"]),
+                                   (ident.build, synth.BUILD_BANDS, words["build"]),
+                                   (ident.skin_tone, synth.SKIN_BANDS, words["skin"])):
+            lo, hi = bands[word]
+            assert lo <= value <= hi, (word, value)
+    for bands in (synth.HEIGHT_BANDS, synth.BUILD_BANDS, synth.SKIN_BANDS):  # gaps between the bands
+        edges = sorted(bands.values())
+        assert all(a[1] < b[0] for a, b in zip(edges, edges[1:]))
+
+
 def test_captions_state_the_factors(dataset):
     records, factors, _ = _load(dataset)
     for rec in records:
@@ -119,6 +135,7 @@ def test_captions_state_the_factors(dataset):
             own, other = (MALE, FEMALE) if ident["gender"] == "man" else (FEMALE, MALE)
             assert words & own and not words & other, caption
             assert words & {"hair", "bald", "ponytail"}, caption
+            assert words & {"skin"} and words & {"short", "tall", "average", "medium"}, caption  # every fact
             for colour in (cloth["upper_colour"], cloth["lower_colour"], cloth["shoes_colour"]):
                 assert words & ({colour, "gray"} if colour == "grey" else {colour}), (colour, caption)
 

@@ -4,15 +4,17 @@
     python -m reid.data.synth --out data/synth --num-ids 120
 
 Every person has identity factors (gender, age, height, build, skin tone, hair colour / style /
-shade, head size, leg length, beard) drawn once, and 2-3 outfits drawn independently of them (upper
+shade, head size, leg length, beard) drawn once, and 3 outfits drawn independently of them (upper
 garment type and colour, lower garment type and colour, shoe type and colour, bag), each seen in 2-3
-views (facing, scale, position, arm / leg pose, exposure, colour cast, background, noise). Written:
+views (facing, scale, position, arm / leg pose, exposure, colour cast, background, noise). Every
+caption names every identity factor its image shows (see :mod:`reid.data.synth_text`). Written:
 
 - ``reid_raw.json``: CUHK-PEDES's list of ``{"split", "captions", "file_path", "processed_tokens",
   "id"}`` records, one per image; identities are contiguous blocks of 1-based ids (train, val, test);
 - ``imgs/synth/p00012_o1_v2.jpg``: the images;
 - ``synth_factors.json``: per ``file_path``, the id, ``outfit_id``, identity / clothing / camera
-  factors (never in ``reid_raw.json``: a model must not see them);
+  factors, and per caption the identity factors it names (``caption_facts``, for the attribute
+  oracle of :mod:`reid.oracle`) — never in ``reid_raw.json``: a model must not see them;
 - ``synth_meta.json``: generator version, arguments and per-split counts (written last).
 
 Each identity has its own random streams, seeded from ``(seed, id, stream)``, so the bytes written
@@ -39,12 +41,13 @@ from reid.data.synth_render import COLOURS, render
 from reid.data.synth_text import identity_words, make_captions, tokenize
 from reid.errors import DataError, ReidError
 
-VERSION = 1
+VERSION = 2  # 2: every caption names every visible identity factor; 3 outfits per person
 SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 90
 MIN_IDS, MIN_SIDE = 3, 32
 _OURS = {"reid_raw.json", "synth_factors.json", "synth_meta.json", "imgs"}  # what a dataset dir holds
 _IDENTITY, _OUTFIT, _CAMERA, _TEXT = range(4)  # a person's random streams
+OUTFITS_PER_PERSON = 3  # the clothing-change protocol needs >= 2 other outfits to find a person in
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,19 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return round(float(rng.uniform(lo, hi)), 4)
 
 
+# Continuous identity factors are drawn inside separated bands, one per word a caption uses for them
+# (synth_text.identity_words), with gaps between the bands: a person's height, build or skin is
+# then never on the boundary between two words, so what the caption says is what the image shows.
+HEIGHT_BANDS = {"short": (0.82, 0.86), "average": (0.895, 0.925), "tall": (0.955, 1.0)}
+BUILD_BANDS = {"slim": (0.75, 0.87), "average": (0.99, 1.09), "heavy": (1.21, 1.35)}
+SKIN_BANDS = {"pale": (0.0, 0.16), "light": (0.3, 0.42), "tan": (0.58, 0.7), "dark": (0.84, 1.0)}
+
+
+def _band(rng: np.random.Generator, bands: dict[str, tuple[float, float]]) -> float:
+    lo, hi = bands[_choice(rng, tuple(bands))]
+    return _u(rng, lo, hi)
+
+
 def sample_identity(rng: np.random.Generator) -> Identity:
     """One person's identity factors; hair styles follow gender and grey hair age, as in life."""
     gender = _choice(rng, ("man", "woman"))
@@ -118,8 +134,8 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     weights = (0.6, 0.4) if age == "old" else (0.42, 0.3, 0.18, 0.1)
     hair_colour = "none" if style == "bald" else _choice(rng, colours, weights)
     return Identity(
-        gender=gender, age=age, height=_u(rng, 0.82, 1.0), build=_u(rng, 0.75, 1.35),
-        skin_tone=_u(rng, 0.0, 1.0), hair_colour=hair_colour, hair_shade=_u(rng, -1.0, 1.0),
+        gender=gender, age=age, height=_band(rng, HEIGHT_BANDS), build=_band(rng, BUILD_BANDS),
+        skin_tone=_band(rng, SKIN_BANDS), hair_colour=hair_colour, hair_shade=_u(rng, -1.0, 1.0),
         hair_style=style, head_size=_u(rng, 0.9, 1.1), leg_ratio=_u(rng, 0.45, 0.51),
         beard=bool(gender == "man" and rng.random() < 0.3),
     )
@@ -198,16 +214,17 @@ def _make_person(job: tuple[int, int, str, tuple[int, int]]) -> list[dict]:
     seed, pid, img_dir, image_size = job
     identity = sample_identity(_rng(seed, pid, _IDENTITY))
     outfit_rng, camera_rng, text_rng = (_rng(seed, pid, s) for s in (_OUTFIT, _CAMERA, _TEXT))
-    outfits = sample_outfits(outfit_rng, int(outfit_rng.integers(2, 4)))
+    outfits = sample_outfits(outfit_rng, OUTFITS_PER_PERSON)
     images = []
     for o, outfit in enumerate(outfits):
         for v in range(int(camera_rng.integers(2, 4))):
             camera = sample_camera(camera_rng)
             name = f"p{pid:05d}_o{o}_v{v}.jpg"
             render(identity, outfit, camera, image_size).save(Path(img_dir) / name, quality=JPEG_QUALITY)
+            captions = make_captions(identity, outfit, camera.facing, text_rng)
             images.append({
                 "file_path": f"synth/{name}", "outfit_index": o, "view_index": v,
-                "captions": make_captions(identity, outfit, camera.facing, text_rng),
+                "captions": [text for text, _ in captions], "caption_facts": [facts for _, facts in captions],
                 "identity": {**asdict(identity), "words": identity_words(identity)},
                 "clothing": asdict(outfit), "camera": asdict(camera),
             })

@@ -94,7 +94,7 @@ def _body(identity, camera, canvas_w: int, canvas_h: int) -> _Body:
     cx = 0.5 * canvas_w + camera.shift_x * canvas_w
     hr = ref * 0.058 * identity.head_size
     shoulder_y, hip_y = foot_y - p + 2 * hr + ref * 0.03, foot_y - p * identity.leg_ratio
-    shoulder_w, hip_w = ref * 0.125 * b * (0.88 if woman else 1.0), ref * 0.098 * b * (1.1 if woman else 0.94)
+    shoulder_w, hip_w = ref * 0.125 * b * (0.82 if woman else 1.0), ref * 0.098 * b * (1.16 if woman else 0.92)
     arm_w, leg_w = ref * 0.045 * (0.6 + 0.4 * b), ref * 0.056 * (0.5 + 0.5 * b)
     fore = math.cos(math.radians(camera.arm_swing))  # an arm swinging to / from the camera looks shorter
     joints: dict[str, list[Point]] = {k: [] for k in ("shoulder", "elbow", "hand", "hip", "knee", "ankle")}
@@ -113,7 +113,7 @@ def _body(identity, camera, canvas_w: int, canvas_h: int) -> _Body:
     return _Body(
         cx=cx, ref=ref, height=p, hr=hr, head_cy=foot_y - p + hr + stoop, shoulder_y=shoulder_y,
         waist_y=shoulder_y + 0.55 * (hip_y - shoulder_y), hip_y=hip_y, knee_y=0.5 * (hip_y + foot_y),
-        foot_y=foot_y, shoulder_w=shoulder_w, waist_w=ref * 0.1 * b * (0.82 if woman else 1.0), hip_w=hip_w,
+        foot_y=foot_y, shoulder_w=shoulder_w, waist_w=ref * 0.1 * b * (0.76 if woman else 1.0), hip_w=hip_w,
         arm_w=arm_w, leg_w=leg_w, joints={k: (v[0], v[1]) for k, v in joints.items()},
     )
 
@@ -272,11 +272,11 @@ def _arms(draw, b: _Body, outfit, skin: RGB) -> None:
 def _hair_behind(draw, b: _Body, identity, hair: RGB) -> None:
     """Front view: long hair hanging behind the shoulders, a ponytail behind the neck."""
     if identity.hair_style == "long":
-        box = [b.cx - 1.05 * b.hr, b.head_cy, b.cx + 1.05 * b.hr, b.shoulder_y + 0.16 * b.height]
+        box = [b.cx - 1.25 * b.hr, b.head_cy, b.cx + 1.25 * b.hr, b.shoulder_y + 0.2 * b.height]
         draw.rounded_rectangle(box, radius=0.5 * b.hr, fill=hair)
     elif identity.hair_style == "ponytail":
-        x = b.cx + 0.8 * b.hr
-        draw.ellipse([x - 0.3 * b.hr, b.head_cy, x + 0.35 * b.hr, b.head_cy + 1.6 * b.hr], fill=hair)
+        x = b.cx + 0.95 * b.hr
+        draw.ellipse([x - 0.4 * b.hr, b.head_cy - 0.2 * b.hr, x + 0.45 * b.hr, b.head_cy + 2.0 * b.hr], fill=hair)
 
 
 def _head(draw, b: _Body, identity, hair: RGB, skin: RGB, facing: str) -> None:
@@ -284,12 +284,13 @@ def _head(draw, b: _Body, identity, hair: RGB, skin: RGB, facing: str) -> None:
     style, hr, cx = identity.hair_style, b.hr, b.cx
     draw.rectangle([cx - 0.32 * hr, b.head_cy, cx + 0.32 * hr, b.shoulder_y + 0.1 * hr], fill=skin)
     if style == "bun":
-        draw.ellipse([cx - 0.48 * hr, b.head_cy - 1.5 * hr, cx + 0.48 * hr, b.head_cy - 0.5 * hr], fill=hair)
+        draw.ellipse([cx - 0.62 * hr, b.head_cy - 1.75 * hr, cx + 0.62 * hr, b.head_cy - 0.5 * hr], fill=hair)
     draw.ellipse(_head_box(b) if style == "bald" else _head_box(b, 0.94, 1.08, -0.02 * hr), fill=hair)
     if facing == "back":
         if style in ("medium", "long"):
-            end = b.head_cy + 1.25 * hr if style == "medium" else b.shoulder_y + 0.16 * b.height
-            draw.rounded_rectangle([cx - hr, b.head_cy, cx + hr, end], radius=0.3 * hr, fill=hair)
+            end = b.head_cy + 1.4 * hr if style == "medium" else b.shoulder_y + 0.2 * b.height
+            half = 1.1 * hr if style == "medium" else 1.25 * hr
+            draw.rounded_rectangle([cx - half, b.head_cy, cx + half, end], radius=0.3 * hr, fill=hair)
         elif style == "ponytail":
             _capsule(draw, (cx, b.head_cy + 0.5 * hr), (cx, b.shoulder_y + 0.05 * b.height), 0.5 * hr, hair)
         return
@@ -297,10 +298,10 @@ def _head(draw, b: _Body, identity, hair: RGB, skin: RGB, facing: str) -> None:
     if style != "bald":  # the face below the hairline
         draw.chord(face, -15, 195, fill=skin)
     if style in ("medium", "long"):  # locks framing the face, to the jaw or onto the shoulders
-        end = b.head_cy + (0.9 * hr if style == "medium" else 0.6 * hr + 0.5 * (b.shoulder_y - b.head_cy))
+        end = b.head_cy + (1.2 * hr if style == "medium" else 0.6 * hr + 0.7 * (b.shoulder_y - b.head_cy))
         for side in (-1, 1):
-            x = cx + side * 0.82 * hr
-            _capsule(draw, (x, b.head_cy - 0.3 * hr), (x, end), 0.34 * hr, hair)
+            x = cx + side * 0.86 * hr
+            _capsule(draw, (x, b.head_cy - 0.3 * hr), (x, end), 0.45 * hr, hair)
     if identity.beard:
         draw.chord(face, 25, 155, fill=_shade(hair, 0.85))
     for side in (-1, 1):

@@ -1,8 +1,8 @@
 """CUHK-PEDES-style captions for synthetic pedestrians, and CUHK's lower-case word tokens.
 
-Each caption states the person's gender and hair plus a random subset of their other identity facts
-(age, height, build, skin, beard) and all of their clothing (upper and lower garment, shoes, bag),
-in one of several templates with synonyms. Identity facts and clothing facts sit in separate
+Each caption states every identity fact the image shows (gender, age, height, build, skin, hair
+style and colour, and a beard when seen from the front) and all of the clothing (upper and lower
+garment, shoes, bag), in one of several templates with synonyms. Identity facts and clothing facts sit in separate
 sentences, or in the subject and the predicate of one sentence ("A tall man with short black hair |
 is wearing ..."), so that a rule-based splitter can pull them apart. Only what the camera shows is
 said: a beard is not mentioned in a view from behind.
@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-MIN_WORDS, MAX_WORDS = 14, 40  # CUHK captions: about 15-40 words (the test allows 12-45)
+MIN_WORDS, MAX_WORDS = 14, 45  # CUHK captions: mostly 15-45 words
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
@@ -225,24 +225,44 @@ def _t_outfit(p: _Parts) -> str:
 TEMPLATES: tuple[Callable[[_Parts], str], ...] = (
     _t_classic, _t_identity_first, _t_clothing_first, _t_pedestrian_in, _t_fragment, _t_outfit,
 )
+IDENTITY_FACTS = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour", "beard")
+_SAID_ALWAYS = ("gender", "hair_style", "hair_colour")  # every template names the noun and the hair
 _OPTIONAL = ("age", "height", "build", "skin", "beard")
 
 
-def make_captions(identity, outfit, facing: str, rng: np.random.Generator, num: int = 2) -> list[str]:
-    """``num`` captions of one image, each from a different template, of MIN..MAX_WORDS words."""
-    visible = [f for f in _OPTIONAL if f != "beard" or (identity.beard and facing == "front")]
+def visible_facts(identity, facing: str) -> list[str]:
+    """The identity factors an image shows: all of them, but a beard only from the front (and only
+    when there is one: a caption does not say "no beard")."""
+    return list(_SAID_ALWAYS) + [f for f in _OPTIONAL if f != "beard" or (identity.beard and facing == "front")]
+
+
+def make_captions(identity, outfit, facing: str, rng: np.random.Generator, num: int = 2) -> list[tuple[str, list[str]]]:
+    """``num`` captions of one image, each from a different template, of MIN..MAX_WORDS words, with
+    the identity factors each one names (:data:`IDENTITY_FACTS` names, in that order).
+
+    Every caption names every visible identity factor (:func:`visible_facts`), so that a person's
+    identity description is close to unique among a few hundred people: the clothing-change
+    benchmark needs queries whose identity part identifies the person. A caption that would be too
+    long drops its bag sentence first, then optional identity facts.
+    """
+    visible = visible_facts(identity, facing)
+    optional = [f for f in visible if f in _OPTIONAL]
     order = rng.permutation(len(TEMPLATES))[:num]
     captions = []
     for t in order:
-        facts = {f for f in visible if rng.random() < 0.5}
-        for _ in range(10):  # re-word until the length fits (nearly always at once)
-            text = " ".join(TEMPLATES[int(t)](_parts(identity, outfit, facing, facts, rng)).split())
+        facts, keep_bag = set(optional), True
+        for _ in range(12):  # re-word until the length fits (nearly always at once)
+            parts = _parts(identity, outfit, facing, facts, rng)
+            if not keep_bag:
+                parts.bag = ""
+            text = " ".join(TEMPLATES[int(t)](parts).split())
             n = len(tokenize(text))
-            if MIN_WORDS <= n <= MAX_WORDS:
+            if n <= MAX_WORDS:
                 break
-            if n > MAX_WORDS and facts:  # too long: say one identity fact less
+            if keep_bag and parts.bag:
+                keep_bag = False
+            elif facts:  # still too long: say one identity fact less
                 facts.discard(sorted(facts)[int(rng.integers(len(facts)))])
-            elif n < MIN_WORDS and len(facts) < len(visible):  # too short: say one more
-                facts.add(sorted(set(visible) - facts)[int(rng.integers(len(visible) - len(facts)))])
-        captions.append(text)
+        said = set(_SAID_ALWAYS) | facts
+        captions.append((text, [f for f in IDENTITY_FACTS if f in said]))
     return captions
