@@ -123,11 +123,20 @@ def run_stage(name: str, args, out: Path, env: dict) -> dict:
 
 
 def final_line(log: Path, prefix: str) -> str | None:
-    """The last line of a log that starts with prefix (the trainer's summary lines)."""
+    """The last line of a log that starts with ``prefix``, with the indented table lines under it
+    (the trainer's summary), joined by " | "."""
     if not log.is_file():
         return None
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip().startswith(prefix)]
-    return lines[-1] if lines else None
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith(prefix)]
+    if not starts:
+        return None
+    block = [lines[starts[-1]].strip()]
+    for line in lines[starts[-1] + 1:]:
+        if not line.startswith("  "):
+            break
+        block.append(" ".join(line.split()))
+    return " | ".join(block)
 
 
 def summarise(out: Path, stages: list[dict]) -> dict:
@@ -150,7 +159,7 @@ def summarise(out: Path, stages: list[dict]) -> dict:
             rows.append(f"| {source} | {r['variant']} | {r['samples_per_s']:.0f} | {ratio} | "
                         f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {r.get('max_mem_gb', float('nan')):.1f} |")
     summary["train_result"] = final_line(out / "train.log", "val (best")
-    summary["zero2_result"] = final_line(out / "zero2.log", "val")
+    summary["zero2_result"] = final_line(out / "zero2.log", "val (best")
     lines = ["| script | variant | samples/s | × seed-literal | MFU (measured peak) | peak GB |",
              "|---|---|---|---|---|---|", *rows, "",
              "| stage | status | seconds |", "|---|---|---|",

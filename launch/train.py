@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     result = fit(cfg, config_name=args.config.stem, resume=args.resume)
-    print_summary(result)
+    print_summary(result, cfg.eval.select)
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,8 +71,10 @@ class DataConfig:
     id_text: Literal["id", "full"] = "id"  # which text trains the identity branch
     negatives: Literal["random", "hard"] = "random"  # how the is_matched=0 cloth caption is drawn
     hard_topk: int = 5  # "hard": draw among the k most similar cloth captions of other ids
-    sampler: Literal["random", "identity"] = "identity"  # identity = P x K batches
+    # identity = P x K batches; similar = P x K batches of people with similar identity descriptions
+    sampler: Literal["random", "identity", "similar"] = "identity"
     num_instances: int = 4  # K of P x K
+    similar_group: int = 4  # sampler=similar: identities per group of similar people in a batch
     batch_size: int = 64  # per process
     num_workers: int = 2  # DataLoader worker processes (decode + augment)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -85,7 +88,8 @@ class DataConfig:
         _check(self.hard_topk >= 1, f"{path}.hard_topk", "must be >= 1")
         _check(self.max_bad_images >= 0, f"{path}.max_bad_images", "must be >= 0")
         _check(self.num_instances >= 1, f"{path}.num_instances", "must be >= 1")
-        if self.sampler == "identity":
+        _check(self.similar_group >= 1, f"{path}.similar_group", "must be >= 1")
+        if self.sampler != "random":
             _check(
                 self.batch_size % self.num_instances == 0,
                 f"{path}.batch_size",
@@ -103,7 +107,16 @@ class EncoderConfig:
 
     path: str = ""  # local directory with config.json + weights; "" = build `preset` from scratch
     preset: Literal["tiny", "small", "base"] = "tiny"  # sizes when path is "": tiny (64-d, 2 layers), small (ViT-S), base (ViT-B / BERT-base)
+    # ViT patch side of a preset image encoder; 0 = 16 (a loaded ViT keeps its own: setting it is an error)
+    patch_size: int = 0
+    layers: int = 0  # transformer layers of a preset encoder; 0 = the preset's (a loaded one keeps its own)
     gradient_checkpointing: bool = False  # recompute activations in backward (memory for time)
+
+    def validate(self, path: str) -> None:
+        for name, what in (("patch_size", "0 = 16"), ("layers", "0 = the preset's")):
+            _check(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0 ({what})")
+            _check(not (self.path and getattr(self, name)), f"{path}.{name}",
+                   f"only for a preset encoder: a loaded one keeps the {name} of its weights (set it to 0)")
 
 
 @dataclass
@@ -138,6 +151,7 @@ class ModelConfig:
         _check(self.shared_dim > 0, f"{path}.shared_dim", "must be > 0")
         _check(self.embed_dim > 0, f"{path}.embed_dim", "must be > 0")
         _check(0.0 <= self.mlp_dropout < 1.0, f"{path}.mlp_dropout", "must be in [0, 1)")
+        _check(self.text_encoder.patch_size == 0, f"{path}.text_encoder.patch_size", "only image encoders have patches")
         if self.fusion.type != "none":
             _check(
                 self.fusion.dim == self.embed_dim,
@@ -187,6 +201,13 @@ class ClothMatchConfig:
 
 
 @dataclass
+class InfoNceConfig:
+    # A batch's other rows of the same person: "negative" (the seed's diagonal InfoNCE) or "exclude"
+    # (left out of the softmax: with P x K batches they describe the same person)
+    same_person: Literal["negative", "exclude"] = "negative"
+
+
+@dataclass
 class DecoupleConfig:
     form: Literal["xcorr", "seed"] = "xcorr"  # xcorr = batch cross-correlation; seed = projector |cos|
     projector_dim: int = 256  # seed form: id/cloth_embed_projector output size
@@ -205,6 +226,7 @@ class DisentangleConfig:
     temperature: float = 0.1  # the seed's InfoNCE temperature
     learnable_temperature: bool = False  # learn tau (a log-parameter clamped to [0.01, 1])
     label_smoothing: float = 0.0  # for `cls`
+    info_nce: InfoNceConfig = field(default_factory=InfoNceConfig)
     cloth_match: ClothMatchConfig = field(default_factory=ClothMatchConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
 
@@ -272,7 +294,12 @@ class TrainConfig:
 class EvalConfig:
     split: Literal["val", "test"] = "val"  # model selection uses val, never test
     batch_size: int = 128  # per process, for encoding gallery and queries
-    query: Literal["full", "id"] = "full"  # full captions (standard) or their identity part
+    # The standard mode's score: "composed" = <id part, image id embedding> + <clothing part, image
+    # clothing embedding> (needs the cloth branch); "full" = <whole caption, image id embedding> (the seed's)
+    standard: Literal["composed", "full"] = "composed"
+    # The val figure that picks the best checkpoint: <protocol>/<mode>/<metric>, protocol standard or
+    # clothing_change (synthetic data only), mode standard or clothing_invariant, metric R1 R5 R10 mAP mINP
+    select: str = "standard/standard/R1"
     chunk_size: int = 1024  # queries per similarity chunk (memory bound for large galleries)
     # Re-score each query's top k with the fusion pair-matching head (needs fusion_match > 0); 0 = off.
     rerank_topk: int = 0
@@ -281,6 +308,14 @@ class EvalConfig:
         _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
         _check(self.chunk_size >= 1, f"{path}.chunk_size", "must be >= 1")
         _check(self.rerank_topk >= 0, f"{path}.rerank_topk", "must be >= 0 (0 switches re-ranking off)")
+        protocol, mode, metric = (self.select.split("/") + ["", "", ""])[:3]
+        _check(self.select.count("/") == 2 and protocol in ("standard", "clothing_change")
+               and mode.removesuffix("+rerank") in ("standard", "clothing_invariant")
+               and metric in ("R1", "R5", "R10", "mAP", "mINP"), f"{path}.select",
+               f"{self.select!r} is not <protocol>/<mode>/<metric> (e.g. standard/standard/R1 or "
+               "clothing_change/clothing_invariant/R1)")
+        if mode.endswith("+rerank"):
+            _check(self.rerank_topk > 0, f"{path}.select", f"{self.select!r} needs eval.rerank_topk > 0")
 
 
 @dataclass
@@ -320,15 +355,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        raw = loaded
+        raw = _drop_retired(loaded, source)
     from_dict(Config, raw, source=source)  # report a bad YAML key against the YAML file
     cli: dict[str, Any] = {}
     for item in overrides:
         _apply_override(cli, item)
+    cli = _drop_retired(cli, "command-line override")
     from_dict(Config, cli, source="command-line override")
     cfg = from_dict(Config, _merge(raw, cli), source=source)
     validate(cfg)
     return cfg
+
+
+# Keys an older reid wrote (saved run configs, exported models): dropped with one warning line.
+RETIRED_KEYS = {
+    ("eval", "query"): "both retrieval modes are evaluated now; eval.select picks the checkpoint",
+}
+
+
+def _drop_retired(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for (section, key), why in RETIRED_KEYS.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            del out[section][key]
+            print(f"warning: {section}.{key} is no longer a setting and is ignored ({why}) ({source})", file=sys.stderr)
+    return out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,14 @@ person, the ``outfit_id`` (unique over the dataset) and the identity / clothing 
   a person in one outfit; that person's gallery images in the *same* outfit are removed from its
   gallery, so only their other outfits count as hits. :func:`outfit_ids` gives the groups that
   :func:`reid.evaluation.retrieval_metrics` removes.
-* **Leakage probes**: linear classifiers on frozen features. ``id -> upper colour`` (fit on the
-  train split's images, scored on the evaluated split: clothing left in the identity features),
-  ``cloth -> person`` (identities of the evaluated split, fit on some of each person's outfits and
-  scored on another, every outfit in turn: identity left in the clothing features, across a change
-  of clothes). The same
-  probes on the other branch are the references: what a branch that does carry the factor
-  reaches. Chance is the majority-class rate of the scored set.
+* **Linear probes** on frozen features: the identity embedding (``identity``, 256-d, what the
+  clothing-invariant mode retrieves with) and the branch features (``id``, ``cloth``).
+  ``-> upper colour`` (fit on the train split's images, scored on the evaluated split: clothing left
+  in the identity features is leakage), ``-> gender / age / height / build / skin / hair style /
+  hair colour`` (the identity factors, same split protocol, from 50 evaluated people on: what the
+  identity features know), ``-> person`` (identities of the evaluated split, fit on some of each
+  person's outfits and scored on another, every outfit in turn: for the clothing branch that is
+  identity leaking into clothing). Chance is the majority-class rate of the scored set.
 * ``mean_abs_cos``: mean |cos(id_embeds, cloth_embeds)| per image.
 
 Datasets without the file (CUHK-PEDES, ICFG-PEDES, RSTPReid) have none of this but the |cos|.
@@ -183,10 +184,22 @@ def cross_outfit_probe(feats: Tensor, pids: Tensor, outfits: Tensor, **kwargs: A
     return _result(predicted, truth, fitted // (int(folds.max()) + 1), len(set(labels)))
 
 
-# Identity attributes (hair colour, gender) are not probed: an evaluation split holds ~18 people, so
-# their label distribution differs from the train split's and the probe measures that shift.
-ATTRIBUTE_PROBES = {"upper_colour": ("clothing", "upper_colour")}  # name -> (section, factor)
-LEAKAGE = {("id", "upper_colour"), ("cloth", "person")}  # the other two are references
+# Probed features: the identity embedding the clothing-invariant mode retrieves with, and the raw
+# branch features below the shared heads.
+SOURCES = {"identity": "image_embeds", "id": "id_embeds", "cloth": "cloth_embeds"}
+CLOTHING_PROBES = {"upper_colour": ("clothing", "upper_colour")}  # name -> (section, factor)
+IDENTITY_PROBES = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour")
+# (source, target) pairs that measure leakage; the others are references (what a branch should hold)
+LEAKAGE = {("identity", "upper_colour"), ("id", "upper_colour"), ("cloth", "person")}
+
+
+def _labels(factors: dict[str, dict], paths: Sequence[str], target: str) -> list[str]:
+    if target in CLOTHING_PROBES:
+        section, name = CLOTHING_PROBES[target]
+        return factor(factors, paths, section, name)
+    from reid.oracle import identity_values
+
+    return [identity_values(factors[p])[target] for p in paths]
 
 
 def leakage_probes(
@@ -194,20 +207,30 @@ def leakage_probes(
     evaluated: dict[str, Tensor], eval_paths: Sequence[str], eval_pids: Tensor,
     factors: dict[str, dict],
 ) -> dict[str, ProbeResult]:
-    """``{branch}_to_{target}`` probes for both branches: the attributes of ATTRIBUTE_PROBES (fit on
-    the train split's images, scored on the evaluated split) and ``person`` (cross-outfit, within
-    the evaluated split). ``train`` / ``evaluated`` hold ``id_embeds`` and ``cloth_embeds`` (N, H)."""
+    """``{source}_to_{target}`` linear probes. Attributes (upper colour, and with enough people the
+    identity factors) are fit on the train split's images and scored on the evaluated split;
+    ``person`` is cross-outfit within the evaluated split. Sources: ``identity`` (the 256-d identity
+    embedding), ``id`` and ``cloth`` (the branch features); a source the model lacks is skipped."""
     outfits = outfit_ids(factors, eval_paths)
+    people = len(set(eval_pids.tolist()))
+    targets = list(CLOTHING_PROBES) + (list(IDENTITY_PROBES) if people >= MIN_PEOPLE_FOR_FACTORS else [])
     results = {}
-    for branch in ("id", "cloth"):
-        feats, eval_feats = train[f"{branch}_embeds"], evaluated[f"{branch}_embeds"].cpu()
-        for target, (section, name) in ATTRIBUTE_PROBES.items():
-            results[f"{branch}_to_{target}"] = linear_probe(
-                feats, factor(factors, train_paths, section, name),
-                eval_feats, factor(factors, eval_paths, section, name),
-            )
-        results[f"{branch}_to_person"] = cross_outfit_probe(eval_feats, eval_pids.cpu(), outfits)
+    for source, key in SOURCES.items():
+        if key not in train or key not in evaluated:
+            continue
+        feats, eval_feats = train[key], evaluated[key].cpu()
+        for target in targets:
+            if source == "cloth" and target in IDENTITY_PROBES:
+                continue  # the clothing branch is probed for identity by the cross-outfit probe
+            results[f"{source}_to_{target}"] = linear_probe(
+                feats, _labels(factors, train_paths, target), eval_feats, _labels(factors, eval_paths, target))
+        results[f"{source}_to_person"] = cross_outfit_probe(eval_feats, eval_pids.cpu(), outfits)
     return results
+
+
+# An identity factor's label distribution over a handful of people differs from the train split's,
+# and a probe scored there measures that shift: identity factors are probed from 50 people on.
+MIN_PEOPLE_FOR_FACTORS = 50
 
 
 def mean_abs_cos(a: Tensor, b: Tensor) -> float:

@@ -1,72 +1,42 @@
-"""Text-to-image retrieval evaluation across processes: encode once, rank with IRRA's metrics.
+"""Text-to-image retrieval evaluation: two retrieval modes under two protocols, beside the ceiling.
 
-Gallery images and query captions are sharded contiguously over the processes (``ShardSampler``),
-encoded through the model's ``forward`` (so ZeRO-3 gathers its partitioned weights), gathered in
-rank order and truncated to the split's size, so every sample is counted exactly once.
+* **modes** (:mod:`reid.retrieval`) — ``standard``: the whole description against the image;
+  ``clothing_invariant``: the identity part of the description against the image's identity
+  embedding.
+* **protocols** — ``standard``: every caption against every gallery image of the split (IRRA's);
+  ``clothing_change``: a caption's own outfit is removed from its gallery, so only the person's
+  other outfits count as hits (needs outfit labels: the synthetic dataset's ``synth_factors.json``).
+* **the attribute oracle** (:mod:`reid.oracle`) — a ranker that knows the ground-truth identity
+  factors the caption names; reported under each protocol beside the learned modes, so every
+  learned figure reads as a fraction of what is achievable.
 
-* :func:`evaluate` — what the trainer runs on val: the standard protocol (+ re-ranked with
-  ``eval.rerank_topk``).
-* :func:`evaluate_split` — what ``launch/evaluate.py`` runs on an exported model: the standard and
-  clothing-change protocols for full and identity-only queries, with and without fusion
-  re-ranking, the leakage probes and timings (:mod:`reid.disentangle_eval`, :mod:`reid.rerank`).
-* :func:`retrieval_metrics` — R@k / mAP / mINP under a protocol (gallery items removed per query
-  group, re-ranked candidates first), from embeddings, without the full (Q, G) matrix.
+Entry points: :func:`evaluate` — what the trainer runs on val (a flat dict keyed
+``<protocol>/<mode>/<metric>``); :func:`evaluate_split` — what ``launch/evaluate.py`` runs on an
+exported model (+ re-ranking, leakage probes, timings); :func:`retrieval_metrics` — R@k / mAP /
+mINP under a protocol from embeddings, without the full (Q, G) matrix. Encoding across processes
+is :mod:`reid.encoding`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from reid.data import keys
+from reid.encoding import encode_gallery, encode_queries
 from reid.metrics import rank_from_embeddings
 from reid.rerank import Reranked, rerank, reranked_similarity
+from reid.retrieval import MODES, mode_embeddings, query_fields, standard_form
 
 KS = (1, 5, 10)
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-@torch.no_grad()
-def encode_outputs(
-    model: torch.nn.Module, loader: Any, accelerator: Any, kind: str, total: int
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Every tensor ``forward`` returns for the samples of ``loader`` (``kind`` = "image": the image
-    dispatch, "text": the text one), and their pids; length ``total`` on every rank, dataset order."""
-    outputs: dict[str, list[Tensor]] = {}
-    pids = []
-    for batch in loader:
-        batch = _to_device(batch, accelerator.device)
-        inputs = {keys.IMAGES: batch[keys.IMAGES]} if kind == "image" else {
-            keys.INPUT_IDS: batch[keys.INPUT_IDS],
-            keys.ATTENTION_MASK: batch[keys.ATTENTION_MASK],
-        }
-        with accelerator.autocast():
-            out = model(inputs)
-        for name, value in out.items():
-            outputs.setdefault(name, []).append(value.float())
-        pids.append(batch[keys.PIDS])
-    field = "image_embeds" if kind == "image" else "text_embeds"
-    local = {name: torch.cat(v) for name, v in outputs.items()} or {field: torch.zeros(0, 1, device=accelerator.device)}
-    local_pids = torch.cat(pids) if pids else torch.zeros(0, dtype=torch.long, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        local = {name: accelerator.gather(v.contiguous()) for name, v in sorted(local.items())}
-        local_pids = accelerator.gather(local_pids.contiguous())
-    return {name: v[:total] for name, v in local.items()}, local_pids[:total]
-
-
-def encode(model: torch.nn.Module, loader: Any, accelerator: Any, kind: str, total: int) -> tuple[Tensor, Tensor]:
-    """Embed every sample of ``loader`` (``kind`` = "image" or "text"); returns (embeds, pids) of
-    length ``total`` on every rank, in dataset order."""
-    outputs, pids = encode_outputs(model, loader, accelerator, kind, total)
-    return outputs["image_embeds" if kind == "image" else "text_embeds"], pids
+PROTOCOLS = {"standard": "standard", "clothing_change": "clothing-change"}
+ORACLE = "oracle"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,7 +114,60 @@ def retrieval_metrics(
 
 
 # --------------------------------------------------------------------------------------------------
-# The trainer's evaluation
+# What the synthetic dataset knows: outfit groups and the attribute oracle
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitTruth:
+    """Ground truth of an evaluation split (the synthetic dataset only)."""
+
+    factors: dict[str, dict]  # synth_factors.json: file_path -> factors
+    query_groups: Tensor  # (Q,) outfit of each query's image
+    gallery_groups: Tensor  # (G,) outfit of each gallery image
+    oracle: Optional[dict[str, dict[str, float]]]  # protocol -> metrics of the attribute oracle
+
+
+def split_truth(root: Any, gallery: Any, queries: Any, notes: list[str]) -> Optional[SplitTruth]:
+    """The split's outfits and oracle figures from ``<root>/synth_factors.json``; None (and a line
+    in ``notes`` saying why) when the dataset has no such file or it does not cover the split.
+    ``gallery`` / ``queries`` are the split's tables (``file_path``, ``pid`` columns)."""
+    from reid.disentangle_eval import load_factors, missing_factors, outfit_ids
+    from reid.errors import DataError
+    from reid.oracle import oracle_metrics
+
+    factors = load_factors(Path(root))
+    if factors is None:
+        notes.append(f"clothing-change protocol, oracle and probes: not available (no outfit labels: "
+                     f"{root}/synth_factors.json exists only for the synthetic dataset)")
+        return None
+    g_paths, q_paths = list(gallery["file_path"]), list(queries["file_path"])
+    missing = missing_factors(factors, g_paths + q_paths)
+    if missing:
+        notes.append(f"clothing-change protocol, oracle and probes: not available ({len(missing)} images "
+                     f"have no factors in synth_factors.json, e.g. {missing[0]})")
+        return None
+    truth = SplitTruth(factors, outfit_ids(factors, q_paths), outfit_ids(factors, g_paths), None)
+    q_pids, g_pids = torch.tensor(list(queries["pid"])), torch.tensor(list(gallery["pid"]))
+    try:
+        truth.oracle = {protocol: oracle_metrics(factors, q_paths, g_paths, q_pids, g_pids, query_groups=qg,
+                                                 gallery_groups=gg)
+                        for protocol, (qg, gg) in protocol_groups(truth).items()}
+    except DataError as exc:
+        notes.append(f"attribute oracle: not available ({exc})")
+    return truth
+
+
+def protocol_groups(truth: Optional[SplitTruth]) -> dict[str, tuple[Optional[Tensor], Optional[Tensor]]]:
+    """``{protocol: (query groups, gallery groups)}``: clothing-change only where outfits are known."""
+    out: dict[str, tuple[Optional[Tensor], Optional[Tensor]]] = {"standard": (None, None)}
+    if truth is not None:
+        out["clothing_change"] = (truth.query_groups, truth.gallery_groups)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Both modes under both protocols
 # --------------------------------------------------------------------------------------------------
 
 
@@ -159,36 +182,83 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def rerankable(mode: str, form: str) -> bool:
+    """The fusion head scores (image identity embedding, one text embedding) pairs: the
+    clothing-invariant mode and the ``full`` standard mode; a composed score has two texts."""
+    return mode == "clothing_invariant" or form == "full"
+
+
+@dataclass
+class Retrieval:
+    """Every (protocol, mode) row of one evaluation, and what was encoded."""
+
+    rows: dict[tuple[str, str], dict[str, float]]  # (protocol, mode or mode+rerank) -> metrics
+    gallery: dict[str, Tensor]  # the image dispatch's outputs
+    gallery_pids: Tensor
+    form: str  # the standard mode's form: composed | full
+    seconds: dict[str, float]
+    rerank_pairs: int = 0
+
+
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, eval_data: Any, accelerator: Any, chunk_size: int = 1024, rerank_topk: int = 0
-) -> dict[str, float]:
-    """R1/R5/R10/mAP/mINP (percent) of text→image retrieval on ``eval_data`` (see build_eval_data);
-    with ``rerank_topk`` > 0 also ``rerank_R1`` .. ``rerank_mINP`` (fusion head re-scores the top k)."""
+def run_retrieval(
+    model: torch.nn.Module, eval_data: Any, accelerator: Any, *, truth: Optional[SplitTruth] = None,
+    standard: str = "composed", chunk_size: int = 1024, rerank_topk: int = 0,
+) -> Retrieval:
+    """Encode the split once (collective), then score both modes under every available protocol
+    (+ fusion re-ranking of the modes it applies to when ``rerank_topk`` > 0)."""
+    seconds = {"encode": 0.0, "rank": 0.0, "rerank": 0.0}
     with _eval_mode(model):
-        gallery, gallery_pids = encode(model, eval_data.gallery_loader, accelerator, "image", len(eval_data.gallery))
-        queries, query_pids = encode(model, eval_data.query_loader, accelerator, "text", len(eval_data.queries))
-        reranked = rerank(model, queries, gallery, rerank_topk, accelerator, chunk_size=chunk_size) if rerank_topk else None
-    # Similarity is computed chunk by chunk over queries: never the full (Q, G) matrix (ICFG-PEDES).
-    metrics = rank_from_embeddings(queries, gallery, query_pids, gallery_pids, chunk_size=chunk_size)
-    if reranked is not None:
-        again = retrieval_metrics(queries, gallery, query_pids, gallery_pids, reranked=reranked, chunk_size=chunk_size)
-        metrics.update({f"rerank_{name}": again[name] for name in METRICS})
-    return metrics
+        start = time.perf_counter()
+        gallery, g_pids = encode_gallery(model, eval_data.gallery_loader, accelerator, len(eval_data.gallery))
+        form = standard_form(standard, gallery)
+        fields = sorted({f for mode in MODES for f in query_fields(mode, form)})
+        queries, q_pids = encode_queries(model, eval_data.query_loader, accelerator, len(eval_data.queries), fields)
+        seconds["encode"] = time.perf_counter() - start
+        result = Retrieval({}, gallery, g_pids, form, seconds)
+        for protocol, (q_groups, g_groups) in protocol_groups(truth).items():
+            options = dict(query_groups=q_groups, gallery_groups=g_groups, chunk_size=chunk_size)
+            for mode in MODES:
+                q, g = mode_embeddings(mode, queries, gallery, form)
+                start = time.perf_counter()
+                result.rows[protocol, mode] = retrieval_metrics(q, g, q_pids, g_pids, **options)
+                seconds["rank"] += time.perf_counter() - start
+                if rerank_topk and rerankable(mode, form):
+                    start = time.perf_counter()
+                    reranked = rerank(model, q, g, rerank_topk, accelerator, **options)
+                    result.rows[protocol, f"{mode}+rerank"] = retrieval_metrics(
+                        q, g, q_pids, g_pids, reranked=reranked, **options)
+                    seconds["rerank"] += time.perf_counter() - start
+                    result.rerank_pairs += reranked.indices.numel()
+            if truth is not None and truth.oracle is not None:
+                result.rows[protocol, ORACLE] = truth.oracle[protocol]
+    return result
+
+
+def flat_metrics(rows: dict[tuple[str, str], dict[str, float]]) -> dict[str, float]:
+    """``{"<protocol>/<mode>/<metric>": value}`` (e.g. ``clothing_change/clothing_invariant/R1``)."""
+    return {f"{protocol}/{mode}/{name}": float(m[name]) for (protocol, mode), m in rows.items() for name in METRICS}
+
+
+def evaluate(
+    model: torch.nn.Module, eval_data: Any, accelerator: Any, *, truth: Optional[SplitTruth] = None,
+    standard: str = "composed", chunk_size: int = 1024, rerank_topk: int = 0,
+) -> dict[str, float]:
+    """What the trainer runs on val: :func:`flat_metrics` of :func:`run_retrieval` (collective)."""
+    result = run_retrieval(model, eval_data, accelerator, truth=truth, standard=standard,
+                           chunk_size=chunk_size, rerank_topk=rerank_topk)
+    return flat_metrics(result.rows)
+
+
+def selection_keys() -> list[str]:
+    """The values ``eval.select`` may name."""
+    modes = list(MODES) + [f"{m}+rerank" for m in MODES]
+    return [f"{p}/{m}/{n}" for p in PROTOCOLS for m in modes for n in METRICS]
 
 
 # --------------------------------------------------------------------------------------------------
 # The full evaluation of an exported model (launch/evaluate.py)
 # --------------------------------------------------------------------------------------------------
-
-QUERY_TYPES = {"full": "full caption", "id": "identity part"}
-PROTOCOLS = {"standard": "standard", "clothing_change": "clothing-change"}
-
-
-def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -196,81 +266,41 @@ def evaluate_split(
     model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accelerator: Any, *,
     split: str, rerank_topk: int = 0, probes: bool = True,
 ) -> dict[str, Any]:
-    """Everything measurable on ``split`` (collective): see the module docstring. Returns a
-    JSON-able dict; the same on every process."""
+    """Everything measurable on ``split`` (collective): both modes under both protocols, the
+    oracle, re-ranking, the leakage probes, timings. Returns a JSON-able dict, the same on every
+    process."""
     from reid.data import build_eval_data, prepare_root
 
+    notes: list[str] = []
     with accelerator.local_main_process_first():
         root = prepare_root(cfg.data)
-        shared = dict(batch_size=cfg.eval.batch_size, rank=accelerator.process_index,
-                      world_size=accelerator.num_processes, pixel_mean=meta.get("pixel_mean"),
-                      pixel_std=meta.get("pixel_std"))
-        data = {q: build_eval_data(cfg.data, tokenizer, split, query=q, **shared) for q in QUERY_TYPES}
-    gallery_table, query_table = data["full"].gallery, data["full"].queries
+        data = build_eval_data(cfg.data, tokenizer, split, batch_size=cfg.eval.batch_size,
+                               rank=accelerator.process_index, world_size=accelerator.num_processes,
+                               pixel_mean=meta.get("pixel_mean"), pixel_std=meta.get("pixel_std"))
+    truth = split_truth(root, data.gallery, data.queries, notes)
+    result = run_retrieval(model, data, accelerator, truth=truth, standard=cfg.eval.standard,
+                           chunk_size=cfg.eval.chunk_size, rerank_topk=rerank_topk)
     report: dict[str, Any] = {
-        "dataset": cfg.data.dataset, "root": str(root), "split": split, "num_gallery": len(gallery_table),
-        "num_queries": len(query_table), "num_processes": accelerator.num_processes,
-        "retrieval": {}, "seconds": {"encode": 0.0, "rank": 0.0}, "notes": [],
+        "dataset": cfg.data.dataset, "root": str(root), "split": split, "num_gallery": len(data.gallery),
+        "num_queries": len(data.queries), "num_processes": accelerator.num_processes,
+        "standard_form": result.form, "retrieval": {}, "seconds": dict(result.seconds), "notes": notes,
     }
-    with _eval_mode(model):
-        start = time.perf_counter()
-        gallery, gallery_pids = encode_outputs(model, data["full"].gallery_loader, accelerator, "image", len(gallery_table))
-        queries = {q: encode(model, d.query_loader, accelerator, "text", len(d.queries)) for q, d in data.items()}
-        report["seconds"]["encode"] = time.perf_counter() - start
-        paths = {"gallery": list(gallery_table["file_path"]), "queries": list(query_table["file_path"])}
-        factors, protocols = _protocols(root, paths, report["notes"])
-        for protocol, (q_groups, g_groups) in protocols.items():
-            for q, (q_embeds, q_pids) in queries.items():
-                args = (q_embeds, gallery["image_embeds"], q_pids, gallery_pids)
-                options = dict(query_groups=q_groups, gallery_groups=g_groups, chunk_size=cfg.eval.chunk_size)
-                report["retrieval"].setdefault(protocol, {})[q], seconds = _timed(retrieval_metrics, *args, **options)
-                report["seconds"]["rank"] += seconds
-                if rerank_topk:
-                    _rerank_row(report, model, accelerator, rerank_topk, (protocol, q), args, options)
-        if "cloth_embeds" not in gallery:
-            report["notes"].append("probes and mean |cos(id, cloth)|: the model has no cloth branch "
-                                   "(cloth, cloth_match, cloth_adv and decouple weights are all 0)")
-        else:
-            report["disentangle"] = {"mean_abs_cos_id_cloth": _mean_abs_cos(gallery)}
-            if probes and factors is not None:
-                start = time.perf_counter()
-                report["disentangle"]["probes"] = _probes(model, cfg, tokenizer, meta, accelerator, root, factors,
-                                                         gallery, paths["gallery"], gallery_pids)
-                report["seconds"]["probes"] = time.perf_counter() - start
+    for (protocol, mode), metrics in result.rows.items():
+        report["retrieval"].setdefault(protocol, {})[mode] = dict(metrics)
+    if rerank_topk:
+        report["rerank"] = {"topk": rerank_topk, "pairs": result.rerank_pairs}
+    gallery = result.gallery
+    if "cloth_embeds" not in gallery:
+        notes.append("probes and mean |cos(id, cloth)|: the model has no cloth branch "
+                     "(cloth, cloth_match, cloth_adv and decouple weights are all 0)")
+    else:
+        report["disentangle"] = {"mean_abs_cos_id_cloth": _mean_abs_cos(gallery)}
+        if probes and truth is not None:
+            start = time.perf_counter()
+            report["disentangle"]["probes"] = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
+                                                     gallery, list(data.gallery["file_path"]), result.gallery_pids)
+            report["seconds"]["probes"] = time.perf_counter() - start
     return report
-
-
-def _protocols(root: Any, paths: dict[str, list[str]], notes: list[str]) -> tuple[Optional[dict], dict]:
-    """(factors or None, {protocol: (query groups, gallery groups)}); says in ``notes`` why the
-    clothing-change protocol is missing when it is."""
-    from reid.disentangle_eval import load_factors, missing_factors, outfit_ids
-
-    protocols = {"standard": (None, None)}
-    factors = load_factors(root)
-    if factors is None:
-        notes.append(f"clothing-change protocol and probes: not available (no outfit labels: "
-                     f"{root}/synth_factors.json exists only for the synthetic dataset)")
-        return None, protocols
-    missing = missing_factors(factors, paths["gallery"] + paths["queries"])
-    if missing:
-        notes.append(f"clothing-change protocol and probes: not available ({len(missing)} images "
-                     f"have no factors in synth_factors.json, e.g. {missing[0]})")
-        return None, protocols
-    protocols["clothing_change"] = (outfit_ids(factors, paths["queries"]), outfit_ids(factors, paths["gallery"]))
-    return factors, protocols
-
-
-def _rerank_row(report: dict, model: torch.nn.Module, accelerator: Any, k: int, row: tuple[str, str],
-                args: tuple[Tensor, ...], options: dict) -> None:
-    """Re-rank one (protocol, query type) row: ``args`` / ``options`` as for retrieval_metrics."""
-    start = time.perf_counter()
-    q_embeds, g_embeds = args[:2]
-    reranked = rerank(model, q_embeds, g_embeds, k, accelerator, **options)
-    result = retrieval_metrics(*args, reranked=reranked, **options)
-    section = report.setdefault("reranked", {"topk": k, "seconds": 0.0, "pairs": 0})
-    section.setdefault(row[0], {})[row[1]] = result
-    section["seconds"] += time.perf_counter() - start
-    section["pairs"] += reranked.indices.numel()
 
 
 def _mean_abs_cos(gallery: dict[str, Tensor]) -> float:
@@ -281,32 +311,41 @@ def _mean_abs_cos(gallery: dict[str, Tensor]) -> float:
 
 def _probes(model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accelerator: Any, root: Any,
             factors: dict, gallery: dict[str, Tensor], gallery_paths: list[str], gallery_pids: Tensor) -> dict:
-    """Encode the train split's images, fit the four probes (see reid.disentangle_eval)."""
+    """Encode the train split's images, fit the probes (see reid.disentangle_eval)."""
     from reid.disentangle_eval import leakage_probes, train_image_loader
 
     loader, train_paths = train_image_loader(
         cfg.data, tokenizer, root, batch_size=cfg.eval.batch_size, rank=accelerator.process_index,
         world_size=accelerator.num_processes, pixel_mean=meta.get("pixel_mean"), pixel_std=meta.get("pixel_std"),
     )
-    train, _ = encode_outputs(model, loader, accelerator, "image", len(train_paths))
+    with _eval_mode(model):
+        train, _ = encode_gallery(model, loader, accelerator, len(train_paths))
     results = leakage_probes(train, train_paths, gallery, gallery_paths, gallery_pids, factors)
     return {name: r.to_dict() for name, r in results.items()}
 
 
+def _mode_label(mode: str) -> str:
+    if mode == ORACLE:
+        return "attribute oracle"
+    base, _, extra = mode.partition("+")
+    return MODES[base] + (f" +{extra}" if extra else "")
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The table ``launch/evaluate.py`` prints."""
+    """The table ``launch/evaluate.py`` prints: every (protocol, mode) row, R1 as a share of the
+    oracle's where there is one, the probes and the timings."""
     from reid.disentangle_eval import LEAKAGE
 
     lines = [f"{report['dataset']} {report['split']!r} split ({report['root']}): {report['num_gallery']} images, "
-             f"{report['num_queries']} queries, {report['num_processes']} process(es)",
-             f"{'protocol':<28}{'query':<15}" + "".join(f"{m:>8}" for m in METRICS)]
-    rows = [(PROTOCOLS[p], q, m) for p, by_q in report["retrieval"].items() for q, m in by_q.items()]
-    reranked = report.get("reranked")
-    if reranked:
-        rows += [(f"{PROTOCOLS[p]} +rerank@{reranked['topk']}", q, m)
-                 for p, by_q in reranked.items() if p in PROTOCOLS for q, m in by_q.items()]
-    for protocol, q, m in rows:
-        lines.append(f"{protocol:<28}{QUERY_TYPES[q]:<15}" + "".join(f"{m[name]:8.2f}" for name in METRICS))
+             f"{report['num_queries']} queries, {report['num_processes']} process(es); standard mode: "
+             f"{report['standard_form']} score",
+             f"{'protocol':<17}{'mode':<30}" + "".join(f"{m:>8}" for m in METRICS) + f"{'R1/oracle':>11}"]
+    for protocol, by_mode in report["retrieval"].items():
+        oracle = by_mode.get(ORACLE, {}).get("R1")
+        for mode, m in by_mode.items():
+            share = f"{100 * m['R1'] / oracle:10.1f}%" if oracle and mode != ORACLE else ""
+            lines.append(f"{PROTOCOLS[protocol]:<17}{_mode_label(mode):<30}"
+                         + "".join(f"{m[name]:8.2f}" for name in METRICS) + share)
     dis = report.get("disentangle")
     if dis:
         if "probes" in dis:
@@ -319,9 +358,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
     sec = report["seconds"]
     timing = f"time: encode {sec['encode']:.2f} s, rank {sec['rank']:.3f} s"
-    if reranked:
-        per_query = 1000 * reranked["seconds"] / max(1, reranked["pairs"] // max(1, reranked["topk"]))
-        timing += f", re-rank@{reranked['topk']} {reranked['seconds']:.3f} s ({per_query:.2f} ms/query)"
+    if report.get("rerank"):
+        rr = report["rerank"]
+        per_query = 1000 * sec["rerank"] / max(1, rr["pairs"] // max(1, rr["topk"]))
+        timing += f", re-rank@{rr['topk']} {sec['rerank']:.3f} s ({per_query:.2f} ms/query)"
     if "probes" in sec:
         timing += f", probes {sec['probes']:.2f} s"
     lines.append(timing)

@@ -1,7 +1,12 @@
 """``reid-search``: find the person a sentence describes in a gallery of images.
 
     reid-search --checkpoint runs/<run>/best --gallery DIR|synthetic --query "a woman in a red coat"
-        [--top-k 10] [--out results.png] [--split test] [--pid PID] [--rerank-topk K] [--cache-dir DIR]
+        [--mode standard|clothing-invariant] [--top-k 10] [--out results.png] [--split test] [--pid PID]
+        [--rerank-topk K] [--cache-dir DIR]
+
+``--mode standard`` compares the whole description (its identity part with the images' identity
+embeddings plus its clothing part with their clothing embeddings); ``--mode clothing-invariant``
+only the identity part (what the person looks like, whatever they wear now). See reid.retrieval.
 
 The gallery is a folder of images (searched recursively, no annotations needed), a dataset root in
 one of the supported annotation formats (``--split`` picks its images; the identities are then
@@ -32,10 +37,12 @@ from safetensors.torch import load_file, save_file
 
 from reid.data import keys
 from reid.errors import DataError, ReidError, report_user_errors
+from reid.evaluation import rerankable
+from reid.retrieval import standard_form
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 BATCH_SIZE = 64
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: identity and clothing embeddings
 
 
 class SearchError(ReidError):
@@ -105,14 +112,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("REID_CACHE") or Path.home() / ".cache" / "reid").expanduser()
 
 
+GALLERY_FIELDS = ("image_embeds", "cloth_image_embeds")  # identity and (if the model has one) clothing
+
+
 @torch.no_grad()
-def encode_gallery(model: torch.nn.Module, paths: Sequence[Path], meta: dict, device: torch.device) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Embeddings (N', E) of the readable images, their indices in ``paths`` and one message per
-    unreadable image."""
+def encode_gallery(model: torch.nn.Module, paths: Sequence[Path], meta: dict, device: torch.device) -> tuple[dict[str, torch.Tensor], list[int], list[str]]:
+    """Embeddings ``{field: (N', E)}`` of the readable images (:data:`GALLERY_FIELDS` the model
+    has), their indices in ``paths`` and one message per unreadable image."""
     from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform, load_image
 
     transform = EvalTransform(meta["image_size"], meta.get("pixel_mean") or DEFAULT_MEAN, meta.get("pixel_std") or DEFAULT_STD)
-    embeds, kept, errors = [], [], []
+    embeds: dict[str, list[torch.Tensor]] = {}
+    kept, errors = [], []
     for start in range(0, len(paths), BATCH_SIZE):
         images = []
         for i in range(start, min(start + BATCH_SIZE, len(paths))):
@@ -122,26 +133,31 @@ def encode_gallery(model: torch.nn.Module, paths: Sequence[Path], meta: dict, de
             except OSError as exc:
                 errors.append(f"{paths[i]}: {exc}")
         if images:
-            embeds.append(model({keys.IMAGES: torch.stack(images).to(device)})["image_embeds"].float().cpu())
-    width = embeds[0].shape[1] if embeds else 1
-    return (torch.cat(embeds) if embeds else torch.zeros(0, width)), kept, errors
+            out = model({keys.IMAGES: torch.stack(images).to(device)})
+            for name in GALLERY_FIELDS:
+                if name in out:
+                    embeds.setdefault(name, []).append(out[name].float().cpu())
+    return {name: torch.cat(parts) for name, parts in embeds.items()}, kept, errors
 
 
 def cached_gallery_embeds(
     model: torch.nn.Module, checkpoint: Path, gallery: Gallery, meta: dict, cache_dir: Path, device: torch.device,
-) -> tuple[torch.Tensor, list[int], list[str], bool]:
+) -> tuple[dict[str, torch.Tensor], list[int], list[str], bool]:
     """(embeds, kept indices, unreadable-image messages, from_cache), read from or written to the cache."""
     path = cache_dir / "search" / f"{cache_key(checkpoint, gallery.paths)}.safetensors"
     if path.is_file():
         try:
             tensors, info = load_file(str(path)), _metadata(path)
-            return tensors["embeds"], tensors["kept"].tolist(), json.loads(info["errors"]), True
+            kept = tensors.pop("kept").tolist()
+            if "image_embeds" in tensors:
+                return tensors, kept, json.loads(info["errors"]), True
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry is rebuilt below
     embeds, kept, errors = encode_gallery(model, gallery.paths, meta, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"embeds": embeds.contiguous(), "kept": torch.tensor(kept, dtype=torch.int64)}, str(tmp),
+    tensors = {name: t.contiguous() for name, t in embeds.items()}
+    save_file({**tensors, "kept": torch.tensor(kept, dtype=torch.int64)}, str(tmp),
               metadata={"errors": json.dumps(errors), "root": str(gallery.root)})
     os.replace(tmp, path)  # atomic: a concurrent search never reads half a file
     return embeds, kept, errors, False
@@ -159,20 +175,65 @@ def _metadata(path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _token_ids(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], list[str]]:
+    """Token ids of ``text`` and the words the vocabulary does not know."""
+    enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    unknown = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == tokenizer.unk_token_id]
+    return enc["input_ids"], unknown
+
+
+@dataclass
+class Query:
+    """A query as the chosen mode compares it."""
+
+    vector: torch.Tensor  # (E,) or (2E,) for the composed standard score
+    mode: str  # standard | clothing_invariant
+    form: str  # the standard mode's score: composed | full
+    id_part: str  # the identity part the splitter found ("" when the mode reads the whole caption)
+    cloth_part: str  # the clothing part ("" when the mode does not read it, or there is none)
+    unknown: list[str]  # words the vocabulary does not know
+
+
 @torch.no_grad()
-def encode_query(model: torch.nn.Module, tokenizer: Any, query: str, max_length: int, device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """The query's embedding (E,) and the words the vocabulary does not know."""
+def encode_query(
+    model: torch.nn.Module, tokenizer: Any, query: str, max_length: int, device: torch.device,
+    mode: str = "standard", form: str = "composed",
+) -> Query:
+    """The query's vector for ``mode`` (see reid.retrieval): the whole caption, its identity part,
+    or [identity part; clothing part] for the composed standard score (``form`` is what the
+    gallery supports: :func:`reid.retrieval.standard_form`)."""
+    from reid.data.captions import split_caption
+
     text = query.strip()
     if not text:
         raise SearchError("the query is empty: describe the person, e.g. --query \"a woman in a red coat and black trousers\"")
-    enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    unknown = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == tokenizer.unk_token_id]
-    known = [t for t in enc["input_ids"] if t not in tokenizer.all_special_ids]  # [UNK] is special too
-    if unknown and not known:
+    id_part, cloth_part = split_caption(text)
+    if mode == "standard" and form == "full":
+        parts = {"full": text}
+    elif mode == "standard":
+        parts = {"id": id_part, "cloth": cloth_part}
+    else:
+        parts = {"id": id_part}
+    ids, unknown = _token_ids(tokenizer, text, max_length)
+    if not any(t not in tokenizer.all_special_ids for t in ids):  # [UNK] is special too
         raise SearchError(f"none of the query's words are in the model's vocabulary ({', '.join(unknown[:8])})")
-    ids = torch.tensor([enc["input_ids"]], device=device)
-    batch = {keys.INPUT_IDS: ids, keys.ATTENTION_MASK: torch.ones_like(ids)}
-    return model(batch)["text_embeds"][0].float().cpu(), unknown
+    vectors = {}
+    for name, part in parts.items():
+        if not part:  # no clothing part: the composed score is the identity score alone
+            continue
+        ids, _ = _token_ids(tokenizer, part, max_length)
+        batch = {keys.INPUT_IDS: torch.tensor([ids], device=device), keys.ATTENTION_MASK: torch.ones(1, len(ids), dtype=torch.long, device=device)}
+        vectors[name] = model(batch)["text_embeds"][0].float().cpu()
+    width = next(iter(vectors.values())).shape[0]
+    vector = torch.cat([vectors.get(name, torch.zeros(width)) for name in parts])
+    return Query(vector, mode, form, id_part if "id" in parts else "", parts.get("cloth", ""), unknown)
+
+
+def gallery_matrix(embeds: dict[str, torch.Tensor], mode: str, form: str) -> torch.Tensor:
+    """The gallery rows a query of ``mode`` is scored against (see reid.retrieval.mode_embeddings)."""
+    if mode == "standard" and form == "composed":
+        return torch.cat([embeds["image_embeds"], embeds["cloth_image_embeds"]], dim=1)
+    return embeds["image_embeds"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,7 +244,7 @@ def encode_query(model: torch.nn.Module, tokenizer: Any, query: str, max_length:
 @dataclass
 class Hit:
     path: Path
-    score: float  # cosine similarity of the dual encoder
+    score: float  # the mode's score: a cosine, or the sum of two for the composed standard score
     pid: Optional[int]  # the image's person, in a labelled gallery
     match: Optional[float] = None  # fusion-head logit, for re-ranked candidates
 
@@ -215,44 +276,85 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("results.png"), help="the picture (default: %(default)s)")
     parser.add_argument("--split", default="test", help="split of a dataset gallery (default: %(default)s)")
     parser.add_argument("--pid", type=int, default=None, help="the query's person in a labelled gallery (frames the hits)")
+    parser.add_argument("--mode", choices=("standard", "clothing-invariant"), default="standard",
+                        help="standard: the whole description (identity and clothing); clothing-invariant: only "
+                             "the identity part, against the images' identity embeddings (default: %(default)s)")
     parser.add_argument("--rerank-topk", type=int, default=None, help="re-order the top k with the fusion head (default: the model's eval.rerank_topk)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="gallery embedding cache (default: $REID_CACHE or ~/.cache/reid)")
     return parser.parse_args(argv)
 
 
+@dataclass
+class SearchResult:
+    query: Query
+    gallery: Gallery
+    hits: list[Hit]
+    num_searched: int  # readable gallery images
+    from_cache: bool  # gallery embeddings came from the cache
+    rerank_topk: int  # what was re-ranked (0 when the mode cannot be)
+    warnings: list[str]
+
+
+def search(
+    checkpoint: str | Path, gallery: str, query: str, *, mode: str = "standard", top_k: int = 10,
+    split: str = "test", rerank_topk: Optional[int] = None, cache_dir: Optional[Path] = None,
+    device: Optional[torch.device] = None,
+) -> SearchResult:
+    """The Python API: rank the images of ``gallery`` (a folder, a dataset root or ``synthetic``)
+    for the sentence ``query`` with the exported model at ``checkpoint``; ``mode`` is ``standard``
+    or ``clothing_invariant`` (``clothing-invariant`` is accepted too). Raises SearchError (a
+    ReidError) for a user mistake."""
+    from reid.export import load_exported
+
+    mode = mode.replace("-", "_")
+    if mode not in ("standard", "clothing_invariant"):
+        raise SearchError(f"mode {mode!r}: use standard or clothing-invariant")
+    if not query.strip():  # before loading anything
+        raise SearchError("the query is empty: describe the person, e.g. --query \"a woman in a red coat and black trousers\"")
+    if top_k < 1 or (rerank_topk or 0) < 0:
+        raise SearchError(f"--top-k must be >= 1 and --rerank-topk >= 0, got {top_k} and {rerank_topk}")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint = Path(checkpoint)
+    model, tokenizer, cfg, meta = load_exported(checkpoint, device)
+    rerank_topk = cfg.eval.rerank_topk if rerank_topk is None else rerank_topk
+    if rerank_topk and model.fusion is None:
+        raise SearchError(f"{checkpoint}: --rerank-topk needs a fusion head, and this model was trained with fusion_match = 0")
+    where = resolve_gallery(gallery, cfg.data, split)
+    embeds, kept, errors, cached = cached_gallery_embeds(model, checkpoint, where, meta, cache_dir or default_cache_dir(), device)
+    warnings = []
+    if errors:
+        warnings.append(f"skipped {len(errors)} unreadable image(s) of {len(where.paths)} (first: {errors[0]})")
+    if not kept:
+        raise SearchError(f"{where.root}: none of the {len(where.paths)} gallery images could be read")
+    form = standard_form(cfg.eval.standard, embeds)
+    if rerank_topk and not rerankable(mode, form):
+        warnings.append("--rerank-topk ignored: the fusion head scores one text per image, and the standard "
+                        "mode's composed score has two (use --mode clothing-invariant)")
+        rerank_topk = 0
+    encoded = encode_query(model, tokenizer, query, cfg.data.text_max_length, device, mode, form)
+    if encoded.unknown:
+        warnings.append(f"words the model does not know (ignored): {', '.join(encoded.unknown)}")
+    rows = rank_gallery(model, encoded.vector.to(device), gallery_matrix(embeds, mode, form).to(device), top_k, rerank_topk)
+    hits = [Hit(where.paths[kept[i]], score, where.pids[kept[i]] if where.pids else None, match) for i, score, match in rows]
+    return SearchResult(encoded, where, hits, len(kept), cached, rerank_topk, warnings)
+
+
 @report_user_errors
 def main(argv: Optional[list[str]] = None) -> int:
     """Search, print the ranking, write the picture; exit status 2 on a user error."""
-    from reid.export import load_exported
     from reid.search_grid import Tile, render_grid
 
     args = parse_args(argv)
-    if not args.query.strip():  # before loading anything
-        raise SearchError("the query is empty: describe the person, e.g. --query \"a woman in a red coat and black trousers\"")
-    if args.top_k < 1 or (args.rerank_topk or 0) < 0:
-        raise SearchError(f"--top-k must be >= 1 and --rerank-topk >= 0, got {args.top_k} and {args.rerank_topk}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, cfg, meta = load_exported(args.checkpoint, device)
-    rerank_topk = cfg.eval.rerank_topk if args.rerank_topk is None else args.rerank_topk
-    if rerank_topk and model.fusion is None:
-        raise SearchError(f"{args.checkpoint}: --rerank-topk needs a fusion head, and this model was trained with fusion_match = 0")
-    gallery = resolve_gallery(args.gallery, cfg.data, args.split)
-    embeds, kept, errors, cached = cached_gallery_embeds(
-        model, args.checkpoint, gallery, meta, args.cache_dir or default_cache_dir(), device)
-    if errors:
-        print(f"warning: skipped {len(errors)} unreadable image(s) of {len(gallery.paths)} (first: {errors[0]})", file=sys.stderr)
-    if not kept:
-        raise SearchError(f"{gallery.root}: none of the {len(gallery.paths)} gallery images could be read")
-    query, unknown = encode_query(model, tokenizer, args.query, cfg.data.text_max_length, device)
-    if unknown:
-        print(f"warning: words the model does not know (ignored): {', '.join(unknown)}", file=sys.stderr)
-    hits = [Hit(gallery.paths[kept[i]], score, gallery.pids[kept[i]] if gallery.pids else None, match)
-            for i, score, match in rank_gallery(model, query.to(device), embeds.to(device), args.top_k, rerank_topk)]
+    result = search(args.checkpoint, args.gallery, args.query, mode=args.mode, top_k=args.top_k, split=args.split,
+                    rerank_topk=args.rerank_topk, cache_dir=args.cache_dir)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    gallery, hits, rerank_topk = result.gallery, result.hits, result.rerank_topk
     pid = _query_pid(args, gallery)
-    _print(args.query, gallery, hits, pid, cached, rerank_topk)
+    _print(args.query, result.query, gallery, hits, pid, result.from_cache, rerank_topk)
     tiles = [Tile(h.path, r, h.score, _name(h.path, gallery.root), None if pid is None else h.pid == pid, h.match)
              for r, h in enumerate(hits, start=1)]
-    notes = [f"top {len(hits)} of {len(kept)} {gallery.description}",
+    notes = [f"top {len(hits)} of {result.num_searched} {gallery.description} · {args.mode} mode",
              f"model {args.checkpoint}" + (f" · top {rerank_topk} re-ordered by the fusion head" if rerank_topk else "")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     render_grid(args.query.strip(), tiles, notes, pid).save(args.out)
@@ -275,9 +377,16 @@ def _name(path: Path, root: Path) -> str:
         return path.name
 
 
-def _print(query: str, gallery: Gallery, hits: list[Hit], pid: Optional[int], cached: bool, rerank_topk: int) -> None:
+def _print(text: str, query: Query, gallery: Gallery, hits: list[Hit], pid: Optional[int], cached: bool,
+           rerank_topk: int) -> None:
     who = f" (person {pid})" if pid is not None else ""
-    print(f"query: {query.strip()!r}{who}")
+    print(f"query: {text.strip()!r}{who}")
+    if query.mode == "clothing_invariant":
+        print(f"mode: clothing-invariant, compares the identity part {query.id_part!r}")
+    elif query.form == "composed":
+        print(f"mode: standard, identity part {query.id_part!r} + clothing part {query.cloth_part!r}")
+    else:
+        print("mode: standard, the whole caption")
     print(f"gallery: {len(gallery.paths)} {gallery.description}" + (" (embeddings from cache)" if cached else ""))
     print(f"{'rank':>4}  {'score':>6}" + ("  match" if rerank_topk else "") + "  path")
     for r, h in enumerate(hits, start=1):

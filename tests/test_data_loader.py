@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reid.data import keys
+from reid.data.captions import split_caption
 from reid.data.loader import TrainCollate, build_eval_data, build_train_data
 from reid.data.tokenizer import build_tokenizer
 from reid.errors import DataError
@@ -140,16 +141,20 @@ def test_unreadable_training_image_is_replaced_and_counted(env):
 
 def test_eval_loaders(env):
     cfg, tokenizer = env
-    data = build_eval_data(cfg, tokenizer, "test", batch_size=3, rank=0, world_size=1, query="full")
+    data = build_eval_data(cfg, tokenizer, "test", batch_size=3, rank=0, world_size=1)
     gallery = list(data.gallery_loader)
     assert sum(len(b[keys.PIDS]) for b in gallery) == len(data.gallery) == 4
     assert set(gallery[0]) == {keys.IMAGES, keys.PIDS, keys.INDEX} and gallery[0][keys.IMAGES].shape == (3, 3, 32, 16)
     queries = list(data.query_loader)
-    assert set(queries[0]) == {keys.INPUT_IDS, keys.ATTENTION_MASK, keys.PIDS, keys.INDEX}
-    assert queries[0][keys.INPUT_IDS][0, : len(data.queries[0]["input_ids"])].tolist() == data.queries[0]["input_ids"]
-    by_id = build_eval_data(cfg, tokenizer, "test", batch_size=3, query="id")
-    first = next(iter(by_id.query_loader))
-    assert first[keys.INPUT_IDS][0, : len(data.queries[0]["id_input_ids"])].tolist() == data.queries[0]["id_input_ids"]
+    texts = {keys.INPUT_IDS: "input_ids", keys.ID_INPUT_IDS: "id_input_ids", keys.CLOTH_INPUT_IDS: "cloth_input_ids"}
+    masks = {keys.ATTENTION_MASK, keys.ID_ATTENTION_MASK, keys.CLOTH_ATTENTION_MASK}
+    assert set(queries[0]) == {*texts, *masks, keys.CLOTH_VALID, keys.PIDS, keys.INDEX}
+    for key, column in texts.items():  # each text padded on its own, row 0 is the table's row 0
+        assert queries[0][key][0, : len(data.queries[0][column])].tolist() == data.queries[0][column]
+    assert queries[0][keys.CLOTH_VALID].tolist() == list(data.queries["cloth_valid"][:3])
+    first = data.queries[0]
+    assert split_caption(first["caption"]) == (first["id_caption"], first["cloth_caption"])
+    assert first["cloth_valid"] == bool(first["cloth_caption"])
 
 
 def test_eval_shards_over_two_processes(env):

@@ -98,3 +98,45 @@ def test_shards_are_equal_contiguous_and_truncate_back(n, replicas):
     gathered = [i for shard in shards for i in shard]
     assert gathered[:n] == list(range(n))
     assert all(i == n - 1 for i in gathered[n:])
+
+
+# ------------------------------------------------------------------------------- similar identities
+# Identity texts on three binary facts: identity i is "tall"/"short", "man"/"woman", "dark"/"pale".
+FACTS = [(p % 2, (p // 2) % 2, (p // 4) % 2) for p in range(30)]
+TEXTS = {p: " ".join((("short", "tall")[a], ("woman", "man")[b], ("pale", "dark")[c])) for p, (a, b, c) in enumerate(FACTS)}
+
+
+def _neighbours():
+    from reid.data.pairs import identity_neighbours
+
+    return identity_neighbours(PIDS, [TEXTS[p] for p in PIDS], 8)
+
+
+def test_identity_neighbours_are_the_most_similar_texts_first():
+    neighbours = _neighbours()
+    assert neighbours.shape == (30, 8)
+    for i, row in enumerate(neighbours):  # identities sorted by pid: index i is pid i
+        assert i not in row
+        shared = [sum(x == y for x, y in zip(FACTS[i], FACTS[j])) for j in row]
+        assert shared == sorted(shared, reverse=True) and shared[0] == 3  # an identical text comes first
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_similar_batches_deal_the_identity_groups_in_chains_of_similar_people(replicas):
+    k, per_rank, group = 2, 8, 2
+    neighbours = _neighbours()
+    options = dict(seed=3, num_instances=k)
+    similar = [GlobalBatchSampler(PIDS, per_rank, replicas, r, mode="similar", neighbours=neighbours, group=group,
+                                  **options) for r in range(replicas)]
+    plain = GlobalBatchSampler(PIDS, per_rank, replicas, 0, mode="identity", **options)
+    assert len(similar[0]) == len(plain)
+    pids = np.asarray(PIDS)
+    order = similar[0].global_order(0)
+    firsts = [int(pids[order[i]]) for i in range(0, len(order), k)]  # the identity of each dealt group
+    pairs = [(firsts[i], firsts[i + 1]) for i in range(0, len(firsts) - 1, group)]
+    close = [sum(x == y for x, y in zip(FACTS[a], FACTS[b])) for a, b in pairs]
+    assert np.mean(close) > 2.5  # a chain pairs people sharing (nearly) every fact; at random: 1.5
+    for batches in zip(*(_epoch(s, 0) for s in similar)):  # whole groups, as in identity mode
+        for batch in batches:
+            rows = [r for r, _ in batch]
+            assert all(len(set(pids[rows[i: i + k]])) == 1 for i in range(0, per_rank, k))

@@ -65,6 +65,6 @@ def test_dry_run_runs_every_stage_on_cpu(tmp_path):
         assert status[stage] == "ok", (stage, (out / f"{stage}.log").read_text()[-2000:])
     assert status["anchor"] == ("ok" if ANCHOR.is_file() else "skipped")
     assert [r["variant"] for r in summary["throughput"]["runs"]] == ["bf16"]
-    assert summary["train_result"].startswith("val (best, step 3)")
-    assert summary["zero2_result"].startswith("val (best, step 3)")
+    assert summary["train_result"].startswith("val (best at step 3") and "clothing-invariant" in summary["train_result"]
+    assert summary["zero2_result"].startswith("val (best at step 3")
     assert "| throughput | bf16 |" in (out / "summary.md").read_text()

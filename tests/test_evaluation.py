@@ -4,6 +4,7 @@ full split evaluation of an export, and `accelerate launch launch/evaluate.py`."
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,8 @@ from reid.config import EvalConfig, LossWeights, load_config
 from reid.errors import ConfigError
 from reid.data import build_eval_data, build_tokenizer, keys
 from reid.disentangle_eval import cross_outfit_probe, linear_probe, load_factors, mean_abs_cos, outfit_folds
-from reid.evaluation import METRICS, evaluate, evaluate_split, format_report, retrieval_metrics
+from reid.encoding import encode_gallery, encode_queries
+from reid.evaluation import METRICS, evaluate, evaluate_split, format_report, retrieval_metrics, split_truth
 from reid.export import load_exported
 from reid.metrics import rank_from_embeddings
 from reid.model.model import PAIR_IMAGE_EMBEDS, PAIR_TEXT_EMBEDS
@@ -100,7 +102,7 @@ def test_forward_image_dispatch_returns_branch_features_and_pair_dispatch_scores
         images = model({keys.IMAGES: batch[keys.IMAGES]})
         pairs = model({PAIR_IMAGE_EMBEDS: images["image_embeds"], PAIR_TEXT_EMBEDS: train_out["id_text_embeds"]})
         direct = model.match_scores(images["image_embeds"], train_out["id_text_embeds"])
-    assert set(images) == {"image_embeds", "id_embeds", "cloth_embeds"}
+    assert set(images) == {"image_embeds", "id_embeds", "cloth_embeds", "cloth_image_embeds"}
     for name in images:
         torch.testing.assert_close(images[name], train_out[name])
     torch.testing.assert_close(images["image_embeds"], model.encode_image(batch[keys.IMAGES]))
@@ -166,39 +168,50 @@ def test_evaluate_split_reports_every_protocol_and_matches_the_trainer(export: P
     model, tokenizer, cfg, meta = load_exported(export)
     accelerator = Accelerator(cpu=True)
     report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split="val", rerank_topk=3)
-    assert report["notes"] == []
+    assert report["notes"] == [] and report["standard_form"] == "composed"
     assert set(report["retrieval"]) == {"standard", "clothing_change"}
-    assert set(report["retrieval"]["clothing_change"]) == {"full", "id"}
-    assert report["reranked"]["topk"] == 3 and report["reranked"]["pairs"] == 4 * 3 * report["num_queries"]
+    # composed standard scores are not re-ranked (the fusion head reads one text per image)
+    modes = {"standard", "clothing_invariant", "clothing_invariant+rerank", "oracle"}
+    assert all(set(by_mode) == modes for by_mode in report["retrieval"].values())
+    assert report["rerank"] == {"topk": 3, "pairs": 2 * 3 * report["num_queries"]}
     probes = report["disentangle"]["probes"]
-    assert set(probes) == {"id_to_upper_colour", "cloth_to_person", "cloth_to_upper_colour", "id_to_person"}
+    assert set(probes) == {f"{source}_to_{target}" for source in ("identity", "id", "cloth")
+                           for target in ("upper_colour", "person")}  # identity factors: from 50 people on
     assert all(0 <= p["accuracy"] <= 100 and p["num_test"] > 0 for p in probes.values())
     data = build_eval_data(cfg.data, tokenizer, "val", batch_size=5, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
-    trainer = evaluate(model, data, accelerator, chunk_size=7, rerank_topk=3)
-    for name in METRICS:
-        assert trainer[name] == pytest.approx(report["retrieval"]["standard"]["full"][name], abs=1e-6)
-        assert trainer[f"rerank_{name}"] == pytest.approx(report["reranked"]["standard"]["full"][name], abs=1e-6)
+    truth = split_truth(Path(cfg.data.root), data.gallery, data.queries, [])
+    trainer = evaluate(model, data, accelerator, truth=truth, chunk_size=7, rerank_topk=3)
+    assert set(trainer) == {f"{p}/{m}/{n}" for p in report["retrieval"] for m in modes for n in METRICS}
+    for (protocol, mode), name in itertools.product(itertools.product(report["retrieval"], modes), METRICS):
+        assert trainer[f"{protocol}/{mode}/{name}"] == pytest.approx(report["retrieval"][protocol][mode][name], abs=1e-6)
     for name in ("R5", "R10"):  # re-ranking the top 3 cannot change R@5 / R@10
-        assert trainer[f"rerank_{name}"] == trainer[name]
+        assert trainer[f"standard/clothing_invariant+rerank/{name}"] == trainer[f"standard/clothing_invariant/{name}"]
     text = format_report(report)
-    assert "clothing-change" in text and "cloth -> person (leakage)" in text and "re-rank@3" in text
+    assert "clothing-change" in text and "attribute oracle" in text and "cloth -> person (leakage)" in text
+    assert "identity -> upper colour (leakage)" in text
+    assert "re-rank@3" in text and "R1/oracle" in text
     json.dumps(report)  # JSON-able
 
 
-def test_clothing_change_removes_exactly_the_same_outfit(export: Path, synth_root: Path) -> None:
+def test_the_modes_score_what_they_say_and_clothing_change_removes_the_same_outfit(export: Path, synth_root: Path) -> None:
     model, tokenizer, cfg, meta = load_exported(export)
     report = evaluate_split(model, cfg, tokenizer, meta, Accelerator(cpu=True), split="val", probes=False)
     data = build_eval_data(cfg.data, tokenizer, "val", batch_size=8, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
     factors = load_factors(synth_root)
-    from reid.evaluation import encode
-
-    gallery, gp = encode(model, data.gallery_loader, Accelerator(cpu=True), "image", len(data.gallery))
-    queries, qp = encode(model, data.query_loader, Accelerator(cpu=True), "text", len(data.queries))
+    with torch.no_grad():
+        gallery, gp = encode_gallery(model.eval(), data.gallery_loader, Accelerator(cpu=True), len(data.gallery))
+        queries, qp = encode_queries(model, data.query_loader, Accelerator(cpu=True), len(data.queries))
+    valid = torch.tensor(list(data.queries["cloth_valid"]))
+    assert (queries["cloth"][~valid] == 0).all() and (queries["cloth"][valid].norm(dim=1) > 0.99).all()
+    composed = queries["id"] @ gallery["image_embeds"].T + queries["cloth"] @ gallery["cloth_image_embeds"].T
+    invariant = queries["id"] @ gallery["image_embeds"].T
     g_out = [factors[p]["outfit_id"] for p in data.gallery["file_path"]]
     q_out = [factors[p]["outfit_id"] for p in data.queries["file_path"]]
-    ref = brute_force(queries @ gallery.T, qp, gp, q_out, g_out)
-    for name in METRICS:
-        assert report["retrieval"]["clothing_change"]["full"][name] == pytest.approx(ref[name], abs=1e-6)
+    for mode, sim in (("standard", composed), ("clothing_invariant", invariant)):
+        for protocol, groups in (("standard", (None, None)), ("clothing_change", (q_out, g_out))):
+            ref = brute_force(sim, qp, gp, *groups)
+            for name in METRICS:
+                assert report["retrieval"][protocol][mode][name] == pytest.approx(ref[name], abs=1e-5), (protocol, mode)
 
 
 def test_a_dataset_without_factors_reports_the_protocol_as_unavailable(export: Path, synth_root: Path, tmp_path: Path) -> None:
@@ -208,7 +221,8 @@ def test_a_dataset_without_factors_reports_the_protocol_as_unavailable(export: P
     cfg = load_config(export / "config.yaml", [f"data.root={root}"])
     report = evaluate_split(model, cfg, tokenizer, meta, Accelerator(cpu=True), split="val")
     assert set(report["retrieval"]) == {"standard"} and "probes" not in report["disentangle"]
-    assert any("clothing-change protocol and probes: not available" in n for n in report["notes"])
+    assert set(report["retrieval"]["standard"]) == {"standard", "clothing_invariant"}
+    assert any("clothing-change protocol, oracle and probes: not available" in n for n in report["notes"])
     assert "note: clothing-change" in format_report(report)
 
 
@@ -235,8 +249,34 @@ def test_launch_evaluate_counts_each_sample_once_on_two_processes(export: Path, 
         assert "clothing-change" in proc.stdout and "linear probe" in proc.stdout
     one, two = (json.loads(outs[n].read_text()) for n in ("one", "two"))
     assert two["num_processes"] == 2 and one["num_gallery"] == two["num_gallery"]
-    for section in ("retrieval", "reranked"):
-        for protocol in ("standard", "clothing_change"):
-            for q in ("full", "id"):
-                for name in METRICS:
-                    assert one[section][protocol][q][name] == pytest.approx(two[section][protocol][q][name], abs=1e-4)
+    for protocol in ("standard", "clothing_change"):
+        for mode in ("standard", "clothing_invariant", "clothing_invariant+rerank", "oracle"):
+            for name in METRICS:
+                assert one["retrieval"][protocol][mode][name] == pytest.approx(two["retrieval"][protocol][mode][name], abs=1e-4)
+
+
+def test_identity_factors_are_probed_where_there_are_enough_people() -> None:
+    from reid.disentangle_eval import IDENTITY_PROBES, leakage_probes
+
+    g = torch.Generator().manual_seed(0)
+    people, per = 60, 4
+    factors, paths = {}, []
+    for pid in range(2 * people):  # train people 0..59, evaluated people 60..119
+        hair = ("black", "red", "blonde")[pid % 3]
+        for view in range(per):
+            path = f"p{pid}_{view}.jpg"
+            paths.append(path)
+            factors[path] = {"outfit_id": 2 * pid + view % 2, "clothing": {"upper_colour": ("red", "blue")[view % 2]},
+                             "identity": {"gender": "man", "age": "young", "height": 0.9, "build": 1.0, "skin_tone": 0.1,
+                                          "hair_style": "short", "hair_colour": hair, "beard": False}}
+    hair_code = torch.tensor([[pid % 3 == c for c in range(3)] for pid in range(2 * people) for _ in range(per)]).double()
+    feats = torch.cat([hair_code * 5, torch.randn(len(paths), 5, generator=g, dtype=torch.float64)], 1)
+    split = people * per
+    train = {"image_embeds": feats[:split], "id_embeds": feats[:split]}
+    evaluated = {"image_embeds": feats[split:], "id_embeds": feats[split:]}
+    pids = torch.arange(people, 2 * people).repeat_interleave(per)
+    results = leakage_probes(train, paths[:split], evaluated, paths[split:], pids, factors)
+    assert {f"identity_to_{t}" for t in IDENTITY_PROBES} <= set(results)
+    assert results["identity_to_hair_colour"].accuracy == 100.0  # the features encode hair colour
+    assert results["identity_to_upper_colour"].accuracy < 75  # and not the clothes (chance 50)
+    assert not any(name.startswith("cloth_") for name in results)  # no cloth branch features given

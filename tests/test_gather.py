@@ -79,6 +79,7 @@ def global_batch(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
 
 def configs() -> dict[str, DisentangleConfig]:
     default = DisentangleConfig()  # pair cloth_match, xcorr decouple, GRL on the cloth branch
+    default.info_nce.same_person = "exclude"  # same-person keys on the other process left out too
     seed = DisentangleConfig(grl="adversary", learnable_temperature=True, label_smoothing=0.1)
     seed.cloth_match.form, seed.decouple.form = "seed", "seed"
     for dcfg in (default, seed):

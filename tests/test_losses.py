@@ -90,6 +90,19 @@ def test_sdm_does_not_push_a_person_from_their_own_captions() -> None:
     pids = torch.arange(3).repeat_interleave(2)
     assert T.info_nce(image, text, 0.01).item() == pytest.approx(math.log(2), abs=1e-6)
     assert T.sdm(image, text, pids, 0.01).item() < 1e-6
+    assert T.info_nce(image, text, 0.01, pids=pids).item() < 1e-6  # same person left out: no floor
+
+
+def test_info_nce_leaving_out_the_same_person_hand_computed() -> None:
+    image = _unit([1, 0], [0, 1], [1, 1])
+    text = _unit([1, 0], [0.6, 0.8], [0, 1])
+    pids = torch.tensor([5, 6, 5])  # rows 0 and 2: one person
+    s = (image @ text.T / 0.5).tolist()
+    i2t = (_ce([s[0][0], s[0][1]], 0) + _ce(s[1], 1) + _ce([s[2][1], s[2][2]], 1)) / 3
+    t2i = (_ce([s[0][0], s[1][0]], 0) + _ce([s[0][1], s[1][1], s[2][1]], 1) + _ce([s[1][2], s[2][2]], 1)) / 3
+    assert T.info_nce(image, text, 0.5, pids=pids).item() == pytest.approx((i2t + t2i) / 2, abs=1e-12)
+    halves = [T.info_nce(image, text, 0.5, pids=pids, rows=r) for r in ((0, 1), (1, 3))]
+    assert ((halves[0] + 2 * halves[1]) / 3).item() == pytest.approx((i2t + t2i) / 2, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------- cls, cloth_adv

@@ -86,7 +86,7 @@ def test_one_node_job_trains_to_the_end(slurm):
     assert state == "COMPLETED", job_log(slurm, "one", job)[-3000:]
     run = slurm[0] / "runs" / f"one-{job}"
     assert (run / "final" / "model.safetensors.index.json").is_file()
-    assert "val (best, step 10)" in job_log(slurm, "one", job)
+    assert "val (best at step 10," in job_log(slurm, "one", job)
 
 
 def test_two_node_job_trains_with_two_ranks(slurm):
@@ -98,7 +98,7 @@ def test_two_node_job_trains_with_two_ranks(slurm):
     run = slurm[0] / "runs" / f"two-{job}"
     markers = [json.loads(p.read_text()) for p in run.glob("checkpoints/*/reid_checkpoint.json")]
     assert markers and all(m["world_size"] == 2 for m in markers)
-    assert text.count("val (best, step 4)") == 1  # the summary prints once, on the global main rank
+    assert text.count("val (best at step 4,") == 1  # the summary prints once, on the global main rank
 
 
 def test_usr1_checkpoints_requeues_and_finishes_like_an_uninterrupted_job(slurm):

@@ -50,12 +50,12 @@ def test_tensorboard_has_every_tag(short_run):
     expected = {f"loss/{t}" for t in TERMS} | {f"loss_weighted/{t}" for t in TERMS} | {
         "loss/total", "lr/encoders", "lr/heads", "lr/heads_no_decay", "grl/alpha", "temperature",
         "diag/mean_abs_cos_id_cloth", "diag/cls_acc", "diag/adv_acc", "perf/samples_per_s", "grad_norm",
-        "val/R1", "val/R5", "val/R10", "val/mAP", "val/mINP",
-    }
+    } | {f"val/{protocol}/{mode}/{m}" for protocol in ("standard", "clothing_change")
+         for mode in ("standard", "clothing_invariant", "oracle") for m in ("R1", "R5", "R10", "mAP", "mINP")}
     assert expected <= tags, sorted(expected - tags)
     alpha = [e.value for e in events.Scalars("grl/alpha")]
     assert alpha[0] == pytest.approx(0.1) and alpha[-1] == pytest.approx(0.12)  # min(1, 0.1 + 0.02 epoch)
-    assert len(events.Scalars("val/R1")) == 2  # evaluated at the end of each epoch
+    assert len(events.Scalars("val/standard/standard/R1")) == 2  # evaluated at the end of each epoch
     weighted = events.Scalars("loss_weighted/cloth_match")[0].value
     assert weighted == pytest.approx(0.5 * events.Scalars("loss/cloth_match")[0].value, rel=1e-5)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -31,11 +31,13 @@ from reid.config import DataConfig
 from reid.data import keys
 from reid.data.cache import prepare_root
 from reid.data.formats import format_spec
-from reid.data.pairs import NegativeSampler
+from reid.data.pairs import NegativeSampler, identity_neighbours
 from reid.data.samplers import GlobalBatchSampler, ShardSampler
 from reid.data.tables import build_tables
 from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform, TrainTransform, load_image
 from reid.errors import DataError
+
+SIMILAR_NEIGHBOURS = 32  # data.sampler=similar: how far a chain looks for the next identity
 
 MAX_CONSECUTIVE_BAD = 64  # a run of unreadable images this long means the data is broken
 
@@ -145,32 +147,41 @@ def collate_gallery(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class QueryDataset(Dataset):
-    """Evaluation captions: ``column`` is ``input_ids`` (full caption) or ``id_input_ids``."""
+    """Evaluation captions, three ways: the whole caption, its identity part, its clothing part."""
 
-    def __init__(self, table: datasets.Dataset, column: str):
-        self.table = table.select_columns([column, "pid"])
-        self.column = column
+    COLUMNS = {keys.INPUT_IDS: "input_ids", keys.ID_INPUT_IDS: "id_input_ids", keys.CLOTH_INPUT_IDS: "cloth_input_ids"}
+
+    def __init__(self, table: datasets.Dataset):
+        self.table = table.select_columns([*self.COLUMNS.values(), "cloth_valid", "pid"])
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.table[index]
-        return {keys.INPUT_IDS: row[self.column], keys.PIDS: row["pid"], keys.INDEX: index}
+        out = {key: row[column] for key, column in self.COLUMNS.items()}
+        out.update({keys.CLOTH_VALID: row["cloth_valid"], keys.PIDS: row["pid"], keys.INDEX: index})
+        return out
 
 
 class QueryCollate:
+    """Pads each of the three texts to its own longest row: ``input_ids`` / ``attention_mask``,
+    ``id_input_ids`` / ``id_attention_mask``, ``cloth_input_ids`` / ``cloth_attention_mask``."""
+
+    MASKS = {keys.INPUT_IDS: keys.ATTENTION_MASK, keys.ID_INPUT_IDS: keys.ID_ATTENTION_MASK,
+             keys.CLOTH_INPUT_IDS: keys.CLOTH_ATTENTION_MASK}
+
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        ids, mask = pad_sequences([s[keys.INPUT_IDS] for s in samples], self.pad_id)
-        return {
-            keys.INPUT_IDS: ids,
-            keys.ATTENTION_MASK: mask,
-            keys.PIDS: torch.tensor([s[keys.PIDS] for s in samples], dtype=torch.int64),
-            keys.INDEX: torch.tensor([s[keys.INDEX] for s in samples], dtype=torch.int64),
-        }
+        out = {}
+        for ids_key, mask_key in self.MASKS.items():
+            out[ids_key], out[mask_key] = pad_sequences([s[ids_key] for s in samples], self.pad_id)
+        out[keys.CLOTH_VALID] = torch.tensor([s[keys.CLOTH_VALID] for s in samples], dtype=torch.bool)
+        out[keys.PIDS] = torch.tensor([s[keys.PIDS] for s in samples], dtype=torch.int64)
+        out[keys.INDEX] = torch.tensor([s[keys.INDEX] for s in samples], dtype=torch.int64)
+        return out
 
 
 class CheckedGalleryLoader:
@@ -203,7 +214,7 @@ class TrainData:
 @dataclass
 class EvalData:
     gallery_loader: CheckedGalleryLoader  # this rank's shard of the gallery: {images, pids, index}
-    query_loader: DataLoader  # this rank's shard of the queries: {input_ids, attention_mask, pids, index}
+    query_loader: DataLoader  # this rank's shard of the queries: three texts, cloth_valid, pids, index
     gallery: datasets.Dataset  # every image of the split (pid, file_path): gather, then truncate
     queries: datasets.Dataset  # every caption of the split (pid, file_path, caption)
 
@@ -256,8 +267,12 @@ def build_train_data(
     candidates = table["neg_candidates"] if "neg_candidates" in table.column_names else None
     negatives = NegativeSampler(pids, np.asarray(table["cloth_valid"], dtype=bool), candidates)
     dataset = TrainDataset(table, transform, negatives)
+    neighbours = None
+    if cfg.sampler == "similar":
+        neighbours = identity_neighbours(pids, table["id_caption"], SIMILAR_NEIGHBOURS)
     sampler = GlobalBatchSampler(
-        pids, cfg.batch_size, world_size, rank, seed, mode=cfg.sampler, num_instances=cfg.num_instances
+        pids, cfg.batch_size, world_size, rank, seed, mode=cfg.sampler, num_instances=cfg.num_instances,
+        neighbours=neighbours, group=cfg.similar_group,
     )
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=TrainCollate(_pad_id(tokenizer)),
@@ -274,7 +289,6 @@ def build_eval_data(
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
-    query: Literal["full", "id"] = "full",
     pixel_mean: Optional[Sequence[float]] = None,
     pixel_std: Optional[Sequence[float]] = None,
 ) -> EvalData:
@@ -297,7 +311,7 @@ def build_eval_data(
         **_loader_options(cfg.num_workers, 0, persistent=False),
     )
     query_loader = DataLoader(
-        QueryDataset(queries, "input_ids" if query == "full" else "id_input_ids"), batch_size=batch_size,
+        QueryDataset(queries), batch_size=batch_size,
         collate_fn=QueryCollate(_pad_id(tokenizer)), sampler=ShardSampler(len(queries), rank, world_size),
     )
     return EvalData(CheckedGalleryLoader(gallery_loader), query_loader, gallery, queries)

@@ -8,6 +8,11 @@ with batch b see, and every row carries a ``sample_seed`` that depends only on (
 position in the epoch's order): augmentation and negative draws do not depend on the number of
 processes or DataLoader workers.
 
+``mode="similar"`` is P×K sampling whose identities come in chains of similar identity descriptions
+(each followed by its nearest not-yet-placed neighbour, :func:`reid.data.pairs.identity_neighbours`),
+so a batch holds people who differ in few identity facts: the identity terms can then only be
+lowered by the finer facts (build, hair style, gender), not by hair or skin colour alone.
+
 ``mode="identity"`` is IRRA's P×K sampling: each identity's rows are shuffled and cut into groups of
 K (an identity with fewer than K rows is filled up by sampling with replacement; the leftover rows
 of larger ones wait for another epoch), groups are dealt round by round in a shuffled identity
@@ -55,20 +60,25 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
-        mode: Literal["random", "identity"] = "random",
+        mode: Literal["random", "identity", "similar"] = "random",
         num_instances: int = 4,
+        neighbours: np.ndarray | None = None,
+        group: int = 4,
     ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        if mode == "identity" and batch_size % num_instances:
+        if mode != "random" and batch_size % num_instances:
             raise ValueError(f"batch_size {batch_size} is not a multiple of num_instances {num_instances}")
+        if mode == "similar" and neighbours is None:
+            raise ValueError("mode 'similar' needs each identity's neighbours (reid.data.pairs.identity_neighbours)")
+        self.neighbours, self.group = neighbours, max(1, group)
         self.pids = np.asarray(pids, dtype=np.int64)
         self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
         self.seed, self.mode, self.num_instances = seed, mode, num_instances
         self.global_size = batch_size * num_replicas
         self.epoch = 0
         self._start = 0
-        if mode == "identity":
+        if mode != "random":
             order = np.argsort(self.pids, kind="stable")
             cuts = np.flatnonzero(np.diff(self.pids[order])) + 1
             self._rows_by_pid = np.split(order, cuts)  # rows of each identity, identities sorted
@@ -120,10 +130,28 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         dealt: list[tuple[int, np.ndarray]] = []  # (identity, group), round by round
         for r in range(max(len(g) for g in groups_by_pid)):
             ids = [i for i, g in enumerate(groups_by_pid) if len(g) > r]
-            dealt.extend((i, groups_by_pid[i][r]) for i in rng.permutation(ids))
+            ids = rng.permutation(ids) if self.mode == "identity" else _chain(ids, self.neighbours, rng, self.group)
+            dealt.extend((i, groups_by_pid[i][r]) for i in ids)
         per_batch = self.global_size // k
         batches = _fill_batches(dealt, per_batch, self._num_batches)
         return np.concatenate([g for batch in batches for _, g in batch])
+
+
+def _chain(ids: list[int], neighbours: np.ndarray, rng: np.random.Generator, length: int) -> list[int]:
+    """``ids`` in chains of up to ``length``: each identity is followed by its most similar
+    identity not yet placed (``neighbours[i]``: similar identities, best first); a chain ends after
+    ``length`` identities or when its neighbours are all placed, and the next starts from a random
+    identity. Consecutive identities share a batch, so a batch holds groups of similar people."""
+    remaining = set(ids)
+    order: list[int] = []
+    for start in rng.permutation(ids):
+        current, size = int(start), 0
+        while current in remaining and size < length:
+            order.append(current)
+            remaining.discard(current)
+            size += 1
+            current = next((int(n) for n in neighbours[current] if n in remaining), -1)
+    return order
 
 
 def _fill_batches(dealt: list[tuple[int, np.ndarray]], per_batch: int, num_batches: int) -> list[list]:

@@ -12,8 +12,9 @@ One ``DatasetDict`` per (dataset, settings):
 - ``<split>_gallery`` — one row per image of an evaluation split: ``image_path``, ``file_path``,
   ``image_id``, ``pid`` (original id).
 - ``<split>_queries`` — one row per caption of the split (IRRA's query set): ``caption``,
-  ``id_caption``, ``pid``, ``file_path``, ``input_ids`` (full caption) and ``id_input_ids``
-  (always the identity part: ``eval.query=id``).
+  ``id_caption``, ``cloth_caption``, ``cloth_valid``, ``pid``, ``file_path``, ``input_ids`` (full
+  caption), ``id_input_ids`` (always the identity part) and ``cloth_input_ids`` (the clothing
+  part): the retrieval modes of :mod:`reid.evaluation` read the parts they need.
 
 The cache entry ``<cache>/tables/<dataset>-<key>`` is keyed by the dataset name, the absolute root,
 the annotation file's size and mtime, the tokenizer's fingerprint, the max length, ``id_text``, the
@@ -48,7 +49,7 @@ from reid.data.pairs import hard_candidates
 from reid.data.tokenizer import tokenizer_fingerprint
 from reid.errors import DataError
 
-TABLES_VERSION = 1  # bump when a column changes
+TABLES_VERSION = 2  # bump when a column changes (2: queries carry their clothing part)
 META_FILE = "reid_meta.json"
 
 
@@ -118,7 +119,7 @@ def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, root: Path, out:
         columns["neg_candidates"] = hard_candidates(
             columns["cloth_caption"], columns["pid"], columns["cloth_valid"], cfg.hard_topk
         )
-    tables = {"train": _tokenize(datasets.Dataset.from_dict(columns), tokenizer, cfg, f"{key}-train")}
+    tables = {"train": _tokenize(datasets.Dataset.from_dict(columns), tokenizer, cfg, f"{key}-train", train=True)}
     for split in format_spec(cfg.dataset).splits[1:]:
         part = split_records(records, split)
         if part:
@@ -159,23 +160,25 @@ def _train_columns(train: list[Record], images: Path) -> tuple[dict[str, list[An
 
 def _eval_columns(part: list[Record], images: Path) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     gallery: dict[str, list[Any]] = {"image_path": [], "file_path": [], "image_id": [], "pid": []}
-    queries: dict[str, list[Any]] = {"caption": [], "id_caption": [], "pid": [], "file_path": []}
+    queries: dict[str, list[Any]] = {"caption": [], "id_caption": [], "cloth_caption": [], "cloth_valid": [],
+                                     "pid": [], "file_path": []}
     for image_id, rec in enumerate(part):
         for name, value in zip(gallery, (str(images / rec.file_path), rec.file_path, image_id, rec.pid)):
             gallery[name].append(value)
         for k, caption in enumerate(rec.captions):
-            for name, value in zip(queries, (caption, _parts(rec, k)[0], rec.pid, rec.file_path)):
+            id_text, cloth_text = _parts(rec, k)
+            row = (caption, id_text, cloth_text, bool(cloth_text), rec.pid, rec.file_path)
+            for name, value in zip(queries, row):
                 queries[name].append(value)
     return gallery, queries
 
 
 def _tokenize(
-    table: datasets.Dataset, tokenizer: PreTrainedTokenizerFast, cfg: DataConfig, fp: str
+    table: datasets.Dataset, tokenizer: PreTrainedTokenizerFast, cfg: DataConfig, fp: str, train: bool = False
 ) -> datasets.Dataset:
     """Add unpadded, truncated token ids with one batched ``map`` (nothing is tokenized later)."""
-    fields = {"input_ids": "caption", "id_input_ids": "id_caption"}
-    if "cloth_caption" in table.column_names:  # training: the identity branch may read the full text
-        fields["cloth_input_ids"] = "cloth_caption"
+    fields = {"input_ids": "caption", "id_input_ids": "id_caption", "cloth_input_ids": "cloth_caption"}
+    if train:  # the identity branch may train on the full text (data.id_text)
         fields["id_input_ids"] = "caption" if cfg.id_text == "full" else "id_caption"
 
     def encode(batch: dict[str, list]) -> dict[str, list]:

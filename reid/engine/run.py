@@ -13,7 +13,8 @@ from accelerate.utils import broadcast_object_list, set_seed
 from reid.config import Config, save_config
 from reid.data import build_eval_data, build_tokenizer, build_train_data, prepare_root
 from reid.engine.checkpoint import list_checkpoints
-from reid.evaluation import evaluate
+from reid.errors import ConfigError
+from reid.evaluation import evaluate, split_truth
 from reid.export import export_model, pixel_stats
 from reid.losses import Criterion
 from reid.model import build_model
@@ -69,8 +70,12 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
         )
         eval_data = build_eval_data(
             cfg.data, tokenizer, cfg.eval.split, batch_size=cfg.eval.batch_size, rank=rank, world_size=world,
-            query=cfg.eval.query, pixel_mean=mean, pixel_std=std,
+            pixel_mean=mean, pixel_std=std,
         )
+        notes: list[str] = []
+        truth = split_truth(prepare_root(cfg.data), eval_data.gallery, eval_data.queries, notes)
+    if truth is None and cfg.eval.select.startswith("clothing_change/"):
+        raise ConfigError(f"eval.select: {cfg.eval.select!r} needs the clothing-change protocol, but {notes[0]}")
     set_seed(cfg.train.seed)  # same initial weights whatever the data side drew
     model = build_model(
         cfg.model, cfg.disentangle, num_classes=train_data.num_classes, image_size=cfg.data.image_size,
@@ -89,7 +94,8 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     check_rerank(cfg.eval, cfg.disentangle.loss_weights)  # before training, not at the first evaluation
 
     def run_eval(model_: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model_, eval_data, accelerator, chunk_size=cfg.eval.chunk_size, rerank_topk=cfg.eval.rerank_topk)
+        return evaluate(model_, eval_data, accelerator, truth=truth, standard=cfg.eval.standard,
+                        chunk_size=cfg.eval.chunk_size, rerank_topk=cfg.eval.rerank_topk)
 
     if cfg.eval.split == "test":
         if accelerator.is_main_process:

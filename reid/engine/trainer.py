@@ -21,6 +21,7 @@ from reid.data import keys
 from reid.engine.accel import build_accelerator, is_deepspeed, optimizer_offloaded
 from reid.engine.checkpoint import check_compatible, parameter_shapes, resolve_resume, save_checkpoint
 from reid.engine.optim import apply_lr, build_optimizer
+from reid.engine.report import brief
 from reid.engine.run import RunContext, build_components, prepare_run_dir
 from reid.engine.signals import StopRequest
 from reid.engine.state import TrainState
@@ -274,16 +275,13 @@ class _Trainer:
     def _evaluate(self) -> dict[str, float]:
         metrics = self.ctx.evaluate(self.model)
         self.writer.scalars(self.state.step, {f"val/{k}": v for k, v in metrics.items()}, kind="val")
-        self._print(
-            f"epoch {self.state.epoch} step {self.state.step}: "
-            + " ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-        )
+        self._print(f"epoch {self.state.epoch} step {self.state.step}: {brief(metrics)}")
         return metrics
 
     def _record_best(self, result: FitResult) -> None:
-        r1 = result.val_metrics.get("R1", -1.0)
-        if r1 > self.state.best_metric:
-            self.state.best_metric, self.state.best_step = r1, self.state.step
+        value = result.val_metrics.get(self.cfg.eval.select, -1.0)
+        if value > self.state.best_metric:
+            self.state.best_metric, self.state.best_step = value, self.state.step
             self.best_metrics = dict(result.val_metrics)
             result.exports["best"] = self.ctx.export(self.model, self.ctx.run_dir / "best")
 

@@ -73,7 +73,8 @@ class Criterion:
 
     # One method per term: pick the inputs, call the pure function in reid/losses/terms.py.
     def _info_nce(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
-        return T.info_nce(v.all("image_embeds"), v.all("id_text_embeds"), v.tau, rows=v.rows)
+        pids = v.all(keys.PIDS) if self.cfg.info_nce.same_person == "exclude" else None
+        return T.info_nce(v.all("image_embeds"), v.all("id_text_embeds"), v.tau, rows=v.rows, pids=pids)
 
     def _cls(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         return T.id_classification(v.out["id_logits"], v.batch[keys.PIDS], self.cfg.label_smoothing)

@@ -39,12 +39,16 @@ def _span(n: int, rows: Rows | None) -> Rows:
 
 
 def _row_ce(
-    query: Tensor, keys: Tensor, targets: Tensor, temperature: Tensor | float, key_valid: Tensor | None
+    query: Tensor, keys: Tensor, targets: Tensor, temperature: Tensor | float, key_valid: Tensor | None,
+    drop: Tensor | None = None,
 ) -> Tensor:
-    """Per-query cross-entropy of ``query @ keys.T / temperature`` against column ``targets``."""
+    """Per-query cross-entropy of ``query @ keys.T / temperature`` against column ``targets``;
+    invalid keys, and ``drop`` (b, N) per query, take no part in the softmax."""
     logits = query @ keys.T / temperature  # (b, N)
     if key_valid is not None:
         logits = logits.masked_fill(~key_valid[None, :], _MASKED)
+    if drop is not None:
+        logits = logits.masked_fill(drop, _MASKED)
     return F.cross_entropy(logits, targets, reduction="none")  # (b,)
 
 
@@ -55,20 +59,28 @@ def info_nce(
     *,
     valid: Tensor | None = None,
     rows: Rows | None = None,
+    pids: Tensor | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE (the seed's ``info_nce_loss``); row i of ``image`` and ``text`` is a pair.
 
     s_ij = <image_i, text_j> / tau  (inputs L2-normalised, (N, D)),
     L = 1/(2|V|) * sum_{i in V} [ -log softmax_{j in V}(s_i.)_i  - log softmax_{j in V}(s_.i)_i ]
     where V = {i : valid_i} (all rows when ``valid`` is None): invalid rows are neither queries
-    nor keys. With ``rows``, only those query rows are summed (see the module docstring).
+    nor keys. With ``pids``, the other rows of a query's own person are left out of its softmax
+    (the seed counts them as negatives, which P x K batches make contradictory: K - 1 keys of each
+    row describe the same person). With ``rows``, only those query rows are summed (see the module
+    docstring).
     """
     image, text = _f(image), _f(text)
     n = image.shape[0]
     start, stop = _span(n, rows)
     targets = torch.arange(start, stop, device=image.device)
-    i2t = _row_ce(image[start:stop], text, targets, temperature, valid)
-    t2i = _row_ce(text[start:stop], image, targets, temperature, valid)
+    drop = None
+    if pids is not None:  # other rows of the query's own person are not negatives: leave them out
+        drop = pids[start:stop, None] == pids[None, :]  # (b, N)
+        drop[torch.arange(stop - start, device=drop.device), targets] = False
+    i2t = _row_ce(image[start:stop], text, targets, temperature, valid, drop)
+    t2i = _row_ce(text[start:stop], image, targets, temperature, valid, drop)
     per_row = 0.5 * (i2t + t2i)  # (b,)
     if valid is None:
         return per_row.mean()

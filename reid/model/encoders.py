@@ -19,7 +19,7 @@ from torch import nn
 from reid.config import EncoderConfig
 from reid.errors import ConfigError, MissingWeightsError
 
-PATCH_SIZE = 16  # every preset is a /16 ViT, like the seed's vit-base-patch16-224
+PATCH_SIZE = 16  # a preset is a /16 ViT, like the seed's vit-base-patch16-224, unless patch_size says
 TEXT_MAX_POSITIONS = 512  # BERT's position table; data.text_max_length must stay below it
 
 
@@ -84,15 +84,16 @@ def build_image_encoder(
         _check_patch_multiple(image_size, patch if isinstance(patch, int) else patch[0])
         resize_position_embeddings(encoder, image_size)
     else:
-        _check_patch_multiple(image_size, PATCH_SIZE)
+        patch = cfg.patch_size or PATCH_SIZE
+        _check_patch_multiple(image_size, patch)
         p = PRESETS[cfg.preset]
         config = ViTConfig(
             hidden_size=p.hidden,
-            num_hidden_layers=p.layers,
+            num_hidden_layers=cfg.layers or p.layers,
             num_attention_heads=p.heads,
             intermediate_size=p.mlp,
             image_size=list(image_size),  # non-square sizes are native for a preset
-            patch_size=PATCH_SIZE,
+            patch_size=patch,
             attn_implementation="sdpa",
         )
         encoder = ViTModel(config, add_pooling_layer=False)
@@ -152,7 +153,7 @@ def build_text_encoder(
         config = BertConfig(
             vocab_size=vocab_size,
             hidden_size=p.hidden,
-            num_hidden_layers=p.layers,
+            num_hidden_layers=cfg.layers or p.layers,
             num_attention_heads=p.heads,
             intermediate_size=p.mlp,
             max_position_embeddings=TEXT_MAX_POSITIONS,

@@ -210,7 +210,8 @@ class T2IReIDModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training batch -> all outputs (see the class docstring). Retrieval goes through forward
         too, so that ZeRO-3 gathers the partitioned weights: a batch holding only ``images`` returns
-        ``{"image_embeds", "id_embeds"}`` (+ ``"cloth_embeds"`` with a cloth branch); one holding only
+        ``{"image_embeds", "id_embeds"}`` (+ ``"cloth_embeds"`` with a cloth branch, +
+        ``"cloth_image_embeds"`` when the cloth branch is matched to clothing text); one holding only
         ``input_ids``/``attention_mask`` returns ``{"text_embeds"}``; one holding only
         ``pair_image_embeds``/``pair_text_embeds`` returns ``{"match_scores"}`` (:meth:`match_scores`)."""
         if keys.ID_INPUT_IDS not in batch:
@@ -246,9 +247,15 @@ class T2IReIDModel(nn.Module):
             return {"text_embeds": self.encode_text(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK])}
         feats = self._image_features(batch[keys.IMAGES])  # (N, H)
         id_embeds = F.relu(self.id_projection(feats))  # (N, H), as encode_image
-        out = {"image_embeds": self._image_head(id_embeds), "id_embeds": id_embeds}
-        if self.cloth_projection is not None:  # raw branch features, for the leakage probes
-            out["cloth_embeds"] = F.relu(self.cloth_projection(feats))  # (N, H)
+        if self.cloth_projection is None:
+            return {"image_embeds": self._image_head(id_embeds), "id_embeds": id_embeds}
+        cloth_embeds = F.relu(self.cloth_projection(feats))  # (N, H) raw branch features (leakage probes)
+        out = {"id_embeds": id_embeds, "cloth_embeds": cloth_embeds}
+        if self.needs.cloth_image:  # the standard mode's clothing half: one head call, as in training
+            rows = self._image_head(torch.cat([id_embeds, cloth_embeds]))  # (2N, E)
+            out["image_embeds"], out["cloth_image_embeds"] = rows.split(id_embeds.shape[0])
+        else:
+            out["image_embeds"] = self._image_head(id_embeds)
         return out
 
     def _image_features(self, images: Tensor) -> Tensor:
