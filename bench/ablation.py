@@ -1,20 +1,24 @@
-"""Ablation of the disentanglement terms on the synthetic default, through the real entry points.
+"""The clothing-change benchmark: variants x seeds through the real entry points, tables in docs/ablation.md.
 
-    python bench/ablation.py [--seeds 42 43] [--variants full no_decouple ...] [--out /tmp/reid-ablation]
+    python bench/ablation.py [--config configs/synthetic_cc.yaml] [--seeds 0 1 2]
+        [--variants full no_disentangle ...] [--out /tmp/reid-ablation] [--reevaluate] [--no-train]
 
-For every (variant, seed) it trains ``accelerate launch launch/train.py train.seed=S <overrides>``
-(1 process, configs/synthetic.yaml, the synthetic dataset's own seed fixed), then evaluates the
-exported ``best`` model (selected on val R1) on the test split with ``accelerate launch
-launch/evaluate.py --json``. A run whose export / JSON already exists is not redone (``--reevaluate``
-redoes the evaluations only), so the script can be stopped and restarted. Finally it writes the
-tables into docs/ablation.md between the ``ablation-table`` markers, with the command, date and
-machine; numbers are mean ± half the range over the seeds.
+For every (variant, seed) it trains ``accelerate launch launch/train.py --config CONFIG train.seed=S
+<overrides>`` (1 process; the dataset's own seed stays fixed), then evaluates the exported ``best``
+model (picked on val by the config's ``eval.select``) on the **test** split with ``accelerate launch
+launch/evaluate.py --json``. A run whose export / JSON exists is not redone (``--reevaluate`` redoes
+the evaluations only), so the script can be stopped and restarted, and ``--variants`` / ``--seeds``
+extend what is there. It then writes the tables between the ``ablation-table`` markers of
+docs/ablation.md with the command, date, machine and commit: each figure is the mean over seeds ±
+its standard error (sample standard deviation / sqrt(seeds)); the attribute oracle's ceiling stands
+beside every clothing-change figure, and ``% oracle`` is the learned R1 as a share of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -29,17 +33,18 @@ DOC = REPO / "docs" / "ablation.md"
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
 RERANK_TOPK = 10
 W = "disentangle.loss_weights"
-VARIANTS = {  # name -> (overrides of configs/synthetic.yaml, what it tests)
-    "full": ([], "the synthetic default (xcorr decouple 0.3, GRL on the adversary, all seven terms)"),
-    "no_decouple": ([f"{W}.decouple=0"], "without `decouple`"),
+OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
+VARIANTS = {  # name -> (overrides of the config, what it tests)
+    "full": ([], "the benchmark config: the seven terms + the clothing adversary `id_adv`"),
+    "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
+    "no_id_adv": ([f"{W}.id_adv=0"], "without the clothing adversary `id_adv` (the seed's seven terms)"),
+    "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),
+    "no_cls_bio": ([f"{W}.cls=0", f"{W}.bio=0"], "without `cls` and `bio`"),
+    "seed_info_nce": (["disentangle.info_nce.same_person=negative"], "the seed's InfoNCE (same-person keys as negatives)"),
     "decouple_seed": (["disentangle.decouple.form=seed"], "seed-form (projector \\|cos\\|) `decouple`"),
-    "decouple_x1": ([f"{W}.decouple=1"], "xcorr `decouple` at weight 1"),
-    "decouple_x3": ([f"{W}.decouple=3"], "xcorr `decouple` at weight 3"),
     "grl_cloth_branch": (["disentangle.grl=cloth_branch"], "GRL on the whole cloth branch (the seed)"),
-    "no_cloth_match": ([f"{W}.cloth_match=0"], "without `cloth_match`"),
-    "no_cloth_adv": ([f"{W}.cloth_adv=0"], "without `cloth_adv`"),
-    "fusion": ([f"{W}.fusion_match=0.5"], "+ `fusion_match` 0.5 (the re-ranking head)"),
-    "id_text_id": (["data.id_text=id"], "the identity branch trained on the identity part of the caption"),
+    "fusion": ([f"{W}.fusion_match=0.5"], "+ `fusion_match` 0.5 (the re-ranking head), re-ranking the top 10"),
+    "similar_batches": (["data.sampler=similar"], "P x K batches of people with similar identity descriptions"),
 }
 LAUNCH = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
@@ -53,14 +58,15 @@ def accelerate(args: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}")
 
 
-def run_one(out: Path, variant: str, seed: int, reevaluate: bool) -> dict:
+def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool) -> dict:
     name = f"{variant}-s{seed}"
     best = out / "runs" / name / "best"
     if not (best / "reid_model.json").is_file():
         start = time.time()
-        overrides = VARIANTS[variant][0]
-        accelerate(["launch/train.py", f"train.output_dir={out / 'runs'}", f"train.run_name={name}",
-                    f"train.seed={seed}", "train.progress=false", *overrides], out / "logs" / f"{name}.train.log")
+        accelerate(["launch/train.py", "--config", str(config), f"train.output_dir={out / 'runs'}",
+                    f"train.run_name={name}", f"train.seed={seed}", "train.progress=false", *VARIANTS[variant][0]],
+                   out / "logs" / f"{name}.train.log")
+        (out / "runs" / name / "train_seconds.txt").write_text(f"{time.time() - start:.0f}\n")
         print(f"{name}: trained in {time.time() - start:.0f} s", flush=True)
     result = out / "eval" / f"{name}.json"
     if reevaluate or not result.is_file():
@@ -68,41 +74,19 @@ def run_one(out: Path, variant: str, seed: int, reevaluate: bool) -> dict:
         accelerate(["launch/evaluate.py", "--checkpoint", str(best), "--split", "test", "--json", str(result), *extra],
                    out / "logs" / f"{name}.eval.log")
     report = json.loads(result.read_text())
-    report["val_best_R1"] = _val_best_r1(out / "runs" / name)
+    seconds = out / "runs" / name / "train_seconds.txt"
+    report["train_seconds"] = float(seconds.read_text()) if seconds.is_file() else None
     return report
-
-
-def _val_best_r1(run: Path) -> float:
-    """The best val R1 the trainer logged (log.jsonl rows of kind "val"): the one `best` was saved at."""
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return max(row["val/R1"] for row in rows if row.get("kind") == "val")
 
 
 # --------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------
 
-COLUMNS = [  # header, path into the report
-    ("val R1", ("val_best_R1",)),
-    ("std R1", ("retrieval", "standard", "full", "R1")),
-    ("std mAP", ("retrieval", "standard", "full", "mAP")),
-    ("CC R1", ("retrieval", "clothing_change", "full", "R1")),
-    ("CC mAP", ("retrieval", "clothing_change", "full", "mAP")),
-    ("id→upper colour", ("disentangle", "probes", "id_to_upper_colour", "accuracy")),
-    ("cloth→person", ("disentangle", "probes", "cloth_to_person", "accuracy")),
-    ("\\|cos(id, cloth)\\|", ("disentangle", "mean_abs_cos_id_cloth")),
-]
-SECOND = [
-    ("std R1, id-part query", ("retrieval", "standard", "id", "R1")),
-    ("CC R1, id-part query", ("retrieval", "clothing_change", "id", "R1")),
-    ("CC mAP, id-part query", ("retrieval", "clothing_change", "id", "mAP")),
-    ("id→person (ref.)", ("disentangle", "probes", "id_to_person", "accuracy")),
-    ("cloth→upper colour (ref.)", ("disentangle", "probes", "cloth_to_upper_colour", "accuracy")),
-]
-CHANCE = [("id_to_upper_colour", "upper colour"), ("cloth_to_person", "person")]
+CC, STD = "clothing_change", "standard"
 
 
-def _get(report: dict, path: tuple) -> float | None:
+def _get(report: dict, *path: str) -> float | None:
     for key in path:
         if not isinstance(report, dict) or key not in report:
             return None
@@ -110,60 +94,87 @@ def _get(report: dict, path: tuple) -> float | None:
     return float(report)
 
 
-def _cell(values: list[float | None], digits: int) -> str:
+def _share(report: dict, protocol: str, mode: str) -> float | None:
+    r1, oracle = _get(report, "retrieval", protocol, mode, "R1"), _get(report, "retrieval", protocol, "oracle", "R1")
+    return None if r1 is None or not oracle else 100.0 * r1 / oracle
+
+
+def _cell(values: list[float | None], digits: int = 1) -> str:
+    """Mean ± standard error over seeds (the mean alone for one seed)."""
     values = [v for v in values if v is not None]
     if not values:
         return "–"
     mean = statistics.fmean(values)
     if len(values) == 1:
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) / math.sqrt(len(values)):.{digits}f}"
+
+
+RETRIEVAL = [  # header, function of one report
+    ("CC R1, clothing-invariant", lambda r: _get(r, "retrieval", CC, "clothing_invariant", "R1")),
+    ("% of oracle", lambda r: _share(r, CC, "clothing_invariant")),
+    ("CC mAP, clothing-invariant", lambda r: _get(r, "retrieval", CC, "clothing_invariant", "mAP")),
+    ("CC R1, standard", lambda r: _get(r, "retrieval", CC, "standard", "R1")),
+    ("std R1, standard", lambda r: _get(r, "retrieval", STD, "standard", "R1")),
+    ("std mAP, standard", lambda r: _get(r, "retrieval", STD, "standard", "mAP")),
+    ("std R1, clothing-invariant", lambda r: _get(r, "retrieval", STD, "clothing_invariant", "R1")),
+    ("train min", lambda r: None if r.get("train_seconds") is None else r["train_seconds"] / 60),
+]
+FACTORS = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour")
+PROBES = [("identity → upper colour", "identity_to_upper_colour")] + [
+    (f"identity → {f.replace('_', ' ')}", f"identity_to_{f}") for f in FACTORS] + [
+    ("cloth → person", "cloth_to_person")]
 
 
 def _table(results: dict[str, list[dict]], columns: list) -> list[str]:
-    lines = ["| variant | seeds | " + " | ".join(h for h, _ in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    lines = ["| variant | seeds | " + " | ".join(h for h, _ in columns) + " |", "|---|---|" + "---|" * len(columns)]
     for variant, reports in results.items():
-        cells = [_cell([_get(r, path) for r in reports], 3 if "cos" in header else 1) for header, path in columns]
-        lines.append(f"| {variant} | {len(reports)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant} | {len(reports)} | " + " | ".join(_cell([fn(r) for r in reports]) for _, fn in columns) + " |")
     return lines
+
+
+def _probe_columns() -> list:
+    return [(label, lambda r, key=key: _get(r, "disentangle", "probes", key, "accuracy")) for label, key in PROBES]
 
 
 def _rerank_table(reports: list[dict]) -> list[str]:
-    lines = ["| protocol, query | R1 | mAP | R1 re-ranked | mAP re-ranked |", "|---|---|---|---|---|"]
-    for protocol in ("standard", "clothing_change"):
-        for q in ("full", "id"):
-            plain = [_get(r, ("retrieval", protocol, q, m)) for r in reports for m in ("R1", "mAP")]
-            again = [_get(r, ("reranked", protocol, q, m)) for r in reports for m in ("R1", "mAP")]
-            lines.append(f"| {protocol}, {q} | {_cell(plain[0::2], 1)} | {_cell(plain[1::2], 1)} | "
-                         f"{_cell(again[0::2], 1)} | {_cell(again[1::2], 1)} |")
-    seconds = [r["reranked"]["seconds"] / r["reranked"]["pairs"] * RERANK_TOPK * 1000 for r in reports if "reranked" in r]
-    encode = [r["seconds"]["encode"] / (r["num_gallery"] + 2 * r["num_queries"]) * 1000 for r in reports]
-    lines.append("")
-    lines.append(f"Re-ranking cost (CPU, this machine): {_cell(seconds, 2)} ms per query for k = {RERANK_TOPK} "
-                 f"(candidate search + {RERANK_TOPK} fusion-head pairs + re-sort), against "
-                 f"{_cell(encode, 2)} ms to encode one gallery image or caption.")
+    lines = ["| protocol | mode | R1 | mAP | R1 re-ranked | mAP re-ranked |", "|---|---|---|---|---|---|"]
+    for protocol in (STD, CC):
+        for mode in ("clothing_invariant", "standard"):
+            again = [_get(r, "retrieval", protocol, f"{mode}+rerank", m) for r in reports for m in ("R1", "mAP")]
+            if all(v is None for v in again):
+                continue
+            plain = [_get(r, "retrieval", protocol, mode, m) for r in reports for m in ("R1", "mAP")]
+            lines.append(f"| {protocol} | {mode} | {_cell(plain[0::2])} | {_cell(plain[1::2])} | "
+                         f"{_cell(again[0::2])} | {_cell(again[1::2])} |")
     return lines
 
 
-def write_tables(results: dict[str, list[dict]], command: str) -> None:
+def _oracle_line(results: dict[str, list[dict]]) -> str:
+    reports = [r for rs in results.values() for r in rs]
+    cc = _cell([_get(r, "retrieval", CC, "oracle", "R1") for r in reports])
+    std = _cell([_get(r, "retrieval", STD, "oracle", "R1") for r in reports])
+    queries = reports[0]["num_queries"]
+    return (f"Attribute-oracle ceiling (ranks by the ground-truth identity facts each caption names, random "
+            f"tie-break, mean of 10 draws): clothing-change R1 {cc}, standard R1 {std}. One seed's R1 on "
+            f"{queries} queries has a binomial standard error of at most {100 * 0.5 / math.sqrt(queries):.1f} points.")
+
+
+def write_tables(results: dict[str, list[dict]], command: str, config: Path) -> None:
     first = next(iter(next(iter(results.values()))))
-    chance = {label: _cell([_get(r, ("disentangle", "probes", key, "chance")) for rs in results.values() for r in rs], 1)
-              for key, label in CHANCE}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
+    probes = first.get("disentangle", {}).get("probes", {})
+    chance = ", ".join(f"{label.split('→ ')[1]} {probes[key]['chance']:.1f}" for label, key in PROBES if key in probes)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     lines = [START, "",
-             f"Made by `{command}` on {time.strftime('%Y-%m-%d')} (commit {commit}, on top of the working tree), "
-             f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, torch "
-             f"{__import__('torch').__version__}; test split of {first['dataset']} at `{first['root']}` "
-             f"({first['num_gallery']} images, {first['num_queries']} queries), model = the `best` export "
-             "(val R1). Mean ± half the range over the seeds (`train.seed`; the dataset seed is fixed).", "",
-             "Probe chance levels (majority class of the scored set): "
-             + ", ".join(f"{k} {v}" for k, v in chance.items()) + ".", ""]
-    lines += _table(results, COLUMNS) + ["", "Identity-part queries and the reference probes:", ""]
-    lines += _table(results, SECOND)
+             f"Made by `{command}` on {time.strftime('%Y-%m-%d')} (commit {commit or '?'}), {platform.machine()} CPU, "
+             f"{os.cpu_count()} cores shared with other jobs, torch {__import__('torch').__version__}; config "
+             f"`{config.relative_to(REPO) if config.is_relative_to(REPO) else config}`; test split of "
+             f"`{first['root']}` ({first['num_gallery']} images, {first['num_queries']} queries); model = the `best` "
+             "export; mean ± standard error over the seeds (`train.seed`; the dataset is fixed).", "",
+             _oracle_line(results), "", "Retrieval (CC = clothing-change protocol, std = standard protocol):", ""]
+    lines += _table(results, RETRIEVAL)
+    lines += ["", f"Linear probes on the test images (fit on the train images; chance: {chance}):", ""]
+    lines += _table(results, _probe_columns())
     if "fusion" in results:
         lines += ["", f"Fusion re-ranking (variant `fusion`, top {RERANK_TOPK}):", ""] + _rerank_table(results["fusion"])
     lines += ["", "Variants: " + "; ".join(f"`{v}` = {VARIANTS[v][1]} (`{' '.join(VARIANTS[v][0]) or 'no overrides'}`)"
@@ -177,22 +188,31 @@ def write_tables(results: dict[str, list[dict]], command: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "synthetic_cc.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["full", "no_disentangle", "id_text_full"], choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-ablation"), help="runs, logs, eval JSONs")
     parser.add_argument("--reevaluate", action="store_true", help="redo the evaluations of existing runs")
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs that exist")
     args = parser.parse_args()
+    config = args.config.resolve()
+    if not config.is_file():
+        print(f"error: --config: {args.config} does not exist", file=sys.stderr)
+        return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:  # seed-major: a stopped script leaves every variant with the same seeds
         for variant in args.variants:
             if args.no_train and not (args.out / "runs" / f"{variant}-s{seed}" / "best").is_dir():
                 continue
-            results.setdefault(variant, []).append(run_one(args.out, variant, seed, args.reevaluate))
+            results.setdefault(variant, []).append(run_one(args.out, config, variant, seed, args.reevaluate))
     results = {v: results[v] for v in args.variants if v in results}
+    if not results:
+        print("error: no runs to tabulate", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    write_tables(results, command)
+    write_tables(results, command, config)
     print(f"wrote {DOC.relative_to(REPO)} and {args.out / 'results.json'}")
     return 0
 

@@ -69,6 +69,9 @@ class DataConfig:
     text_max_length: int = 100  # tokens per text at most (batches pad to their longest)
     tokenizer: str = ""  # "" = the text encoder's directory, or a vocabulary built for the data
     id_text: Literal["id", "full"] = "id"  # which text trains the identity branch
+    # Probability that each segment of the identity text is left out of a training sample (one
+    # always stays): partial descriptions make every identity fact count; 0 = off (the seed)
+    id_segment_drop: float = 0.0
     negatives: Literal["random", "hard"] = "random"  # how the is_matched=0 cloth caption is drawn
     hard_topk: int = 5  # "hard": draw among the k most similar cloth captions of other ids
     # identity = P x K batches; similar = P x K batches of people with similar identity descriptions
@@ -89,6 +92,7 @@ class DataConfig:
         _check(self.max_bad_images >= 0, f"{path}.max_bad_images", "must be >= 0")
         _check(self.num_instances >= 1, f"{path}.num_instances", "must be >= 1")
         _check(self.similar_group >= 1, f"{path}.similar_group", "must be >= 1")
+        _check(0.0 <= self.id_segment_drop < 1.0, f"{path}.id_segment_drop", "must be in [0, 1)")
         if self.sampler != "random":
             _check(
                 self.batch_size % self.num_instances == 0,
@@ -172,6 +176,9 @@ class LossWeights:
     cloth_match: float = 0.5  # the seed's value
     decouple: float = 0.3  # the seed's value
     fusion_match: float = 0.0  # not in the seed: trains the fusion module as a pair-matching head
+    # not in the seed: an adversary behind the GRL matches identity features to clothing texts, so
+    # the identity branch is pushed to carry no clothing (the mirror of cloth_adv)
+    id_adv: float = 0.0
 
     def validate(self, path: str) -> None:
         for f in dataclasses.fields(self):
@@ -205,6 +212,13 @@ class InfoNceConfig:
     # A batch's other rows of the same person: "negative" (the seed's diagonal InfoNCE) or "exclude"
     # (left out of the softmax: with P x K batches they describe the same person)
     same_person: Literal["negative", "exclude"] = "negative"
+    # Also contrast each image with a memory of every training identity's text (a running mean per
+    # identity, reid/losses/memory.py): among hundreds of people every identity fact counts
+    memory: bool = False
+    memory_momentum: float = 0.5  # weight of a memory row's old value at each update
+
+    def validate(self, path: str) -> None:
+        _check(0.0 <= self.memory_momentum < 1.0, f"{path}.memory_momentum", "must be in [0, 1)")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -290,16 +290,17 @@ def evaluate_split(
     if rerank_topk:
         report["rerank"] = {"topk": rerank_topk, "pairs": result.rerank_pairs}
     gallery = result.gallery
+    report["disentangle"] = {}
     if "cloth_embeds" not in gallery:
-        notes.append("probes and mean |cos(id, cloth)|: the model has no cloth branch "
+        notes.append("cloth-branch probes and mean |cos(id, cloth)|: the model has no cloth branch "
                      "(cloth, cloth_match, cloth_adv and decouple weights are all 0)")
     else:
-        report["disentangle"] = {"mean_abs_cos_id_cloth": _mean_abs_cos(gallery)}
-        if probes and truth is not None:
-            start = time.perf_counter()
-            report["disentangle"]["probes"] = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
-                                                     gallery, list(data.gallery["file_path"]), result.gallery_pids)
-            report["seconds"]["probes"] = time.perf_counter() - start
+        report["disentangle"]["mean_abs_cos_id_cloth"] = _mean_abs_cos(gallery)
+    if probes and truth is not None:
+        start = time.perf_counter()
+        report["disentangle"]["probes"] = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
+                                                 gallery, list(data.gallery["file_path"]), result.gallery_pids)
+        report["seconds"]["probes"] = time.perf_counter() - start
     return report
 
 
@@ -355,7 +356,8 @@ def format_report(report: dict[str, Any]) -> str:
                 kind = "leakage" if (source, target) in LEAKAGE else "reference"
                 label = f"{source} -> {target.replace('_', ' ')} ({kind})"
                 lines.append(f"{label:<41}{p['accuracy']:10.2f}{p['chance']:8.2f}")
-        lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
+        if "mean_abs_cos_id_cloth" in dis:
+            lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
     sec = report["seconds"]
     timing = f"time: encode {sec['encode']:.2f} s, rank {sec['rank']:.3f} s"
     if report.get("rerank"):

@@ -101,3 +101,9 @@ def test_gender_never_leaks_into_the_clothing_text():
 
 def test_whitespace_and_case_are_tolerated():
     assert split_caption("  a MAN   wearing a Red Coat ") == ("A MAN.", "Wearing a Red Coat.")
+
+
+def test_text_segments_cut_an_identity_text_into_its_facts():
+    assert captions.text_segments("This young man is tall and plump. He has shoulder-length brown hair and pale skin.") == [
+        "This young man", "is tall", "and plump", "He has shoulder-length brown hair", "and pale skin"]
+    assert captions.text_segments("  ") == []

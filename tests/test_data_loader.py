@@ -11,7 +11,7 @@ from reid.data import keys
 from reid.data.captions import split_caption
 from reid.data.loader import TrainCollate, build_eval_data, build_train_data
 from reid.data.tokenizer import build_tokenizer
-from reid.errors import DataError
+from reid.errors import ConfigError, DataError
 from tests.data_fixtures import data_config, make_records, write_dataset
 
 TRAIN_KEYS = {
@@ -180,3 +180,35 @@ def test_icfg_has_no_val(tmp_path):
     cfg = data_config(tmp_path / "icfg", tmp_path / "cache", dataset="icfg_pedes")
     with pytest.raises(DataError, match=r"has no evaluation split 'val' \(it has train, test\); set eval.split=test"):
         build_eval_data(cfg, build_tokenizer(cfg, ""), "val", batch_size=4)
+
+
+def test_segment_dropout_keeps_at_least_one_segment_and_is_reproducible(env):
+    import numpy as np
+
+    from reid.data.loader import SegmentDropout
+
+    _, tokenizer = env
+    drop = SegmentDropout(tokenizer, 0.5, 32)
+    text = "This young man is tall and plump. He has short brown hair and pale skin."
+    full = tokenizer(text)["input_ids"]
+    seen = set()
+    for seed in range(40):
+        ids = drop(text, np.random.default_rng(seed))
+        assert ids == drop(text, np.random.default_rng(seed))  # same seed, same draw
+        if ids is None:
+            continue  # nothing dropped: the cached ids stand
+        words = tokenizer.decode(ids, skip_special_tokens=True).split()
+        assert 0 < len(words) < len(tokenizer.decode(full, skip_special_tokens=True).split())
+        seen.add(tuple(ids))
+    assert len(seen) > 5
+    assert SegmentDropout(tokenizer, 0.99, 32)("One segment only", np.random.default_rng(0)) is None
+
+
+def test_segment_dropout_needs_the_identity_text(env):
+    cfg, tokenizer = env
+    cfg.id_segment_drop, cfg.id_text = 0.3, "full"
+    with pytest.raises(ConfigError, match="data.id_segment_drop: .*data.id_text=id"):
+        build_train_data(cfg, tokenizer)
+    cfg.id_text = "id"
+    data = build_train_data(cfg, tokenizer)
+    assert data.dataset.id_dropout is not None and len(_batches(data)) == len(data.sampler)

@@ -212,7 +212,7 @@ def fake_outputs(b: int = 8, dim: int = 6, hidden: int = 5, classes: int = 4) ->
         return F.normalize(torch.randn(b, d, generator=g), dim=-1).requires_grad_()
 
     out = {k: emb() for k in ("image_embeds", "id_text_embeds", "cloth_image_embeds", "cloth_text_embeds",
-                              "neg_cloth_text_embeds", "decouple_id", "decouple_cloth")}
+                              "neg_cloth_text_embeds", "decouple_id", "decouple_cloth", "id_adv_embeds")}
     out |= {"id_embeds": emb(hidden), "cloth_embeds": emb(hidden), "temperature": torch.full((1,), 0.1),
             "id_logits": torch.randn(b, classes, generator=g).requires_grad_(),
             "cloth_adv_logits": torch.randn(b, classes, generator=g).requires_grad_(),
@@ -228,6 +228,7 @@ def fake_outputs(b: int = 8, dim: int = 6, hidden: int = 5, classes: int = 4) ->
 def _all_terms() -> DisentangleConfig:
     dcfg = DisentangleConfig()
     dcfg.loss_weights.fusion_match = 0.25
+    dcfg.loss_weights.id_adv = 0.5
     return dcfg
 
 
@@ -240,7 +241,7 @@ def test_criterion_total_is_the_weighted_sum_and_report_is_detached() -> None:
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert all(v.dim() == 0 and torch.isfinite(v) for v in terms.values())
     assert {"temperature", "mean_abs_cos_id_cloth", "xcorr_id_cloth", "cls_acc", "adv_acc",
-            "gate_image_weight", "cloth_match_acc", "fusion_acc"} <= set(report)
+            "gate_image_weight", "cloth_match_acc", "fusion_acc", "id_adv_acc"} <= set(report)
     assert all(v.dim() == 0 and not v.requires_grad for v in report.values())
 
 
@@ -283,3 +284,66 @@ def test_pair_cloth_match_against_a_brute_force_reference() -> None:
                              torch.tensor([1, 0, 0]), 0.1)
         losses.append(pairs)
     assert got.item() == pytest.approx(torch.stack(losses).mean().item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ identity memory
+def test_memory_keys_are_extra_image_to_text_negatives_hand_computed() -> None:
+    image = _unit([1, 0], [0, 1])
+    text = _unit([1, 0], [0.6, 0.8])
+    bank = _unit([0, 1], [1, 1], [1, 0])
+    usable = torch.tensor([True, False, True])
+    s, m = (image @ text.T / 0.5).tolist(), (image @ bank.T / 0.5).tolist()
+    i2t = (_ce([s[0][0], s[0][1], m[0][0], m[0][2]], 0) + _ce([s[1][0], s[1][1], m[1][0], m[1][2]], 1)) / 2
+    t2i = (_ce([s[0][0], s[1][0]], 0) + _ce([s[0][1], s[1][1]], 1)) / 2  # the memory holds texts only
+    got = T.info_nce(image, text, 0.5, memory=(bank, usable)).item()
+    assert got == pytest.approx((i2t + t2i) / 2, abs=1e-12)
+    none_usable = T.info_nce(image, text, 0.5, memory=(bank, torch.zeros(3, dtype=torch.bool))).item()
+    assert none_usable == pytest.approx(T.info_nce(image, text, 0.5).item(), abs=1e-12)
+
+
+def test_memory_rows_are_running_means_of_each_identity_and_skip_the_batch() -> None:
+    from reid.losses.memory import IdentityMemory
+
+    memory = IdentityMemory(4, momentum=0.5)
+    assert memory.keys(torch.tensor([0])) is None  # nothing seen yet
+    memory.update(torch.tensor([1, 1, 2]), _unit([1, 0], [0, 1], [1, 1]))
+    bank, usable = memory.keys(torch.tensor([2]))
+    assert usable.tolist() == [False, True, False, False]  # identity 2 is in the batch; 0 and 3 unseen
+    torch.testing.assert_close(bank[1], _unit([1, 1])[0].float())  # the mean of its two rows, normalised
+    memory.update(torch.tensor([1]), torch.tensor([[float("nan"), 0.0]]))  # a non-finite row is ignored
+    torch.testing.assert_close(memory.bank[1], _unit([1, 1])[0].float())
+    memory.update(torch.tensor([1]), _unit([1, 0]))
+    expected = F.normalize(0.5 * _unit([1, 1])[0] + 0.5 * _unit([1, 0])[0], dim=0).float()
+    torch.testing.assert_close(memory.bank[1], expected)
+    again = IdentityMemory(4, momentum=0.5)
+    again.load_state_dict(memory.state_dict())
+    torch.testing.assert_close(again.keys(torch.tensor([2]))[0], memory.keys(torch.tensor([2]))[0])
+
+
+def test_the_criterion_updates_its_memory_after_the_loss() -> None:
+    from reid.config import LossWeights
+
+    dcfg = DisentangleConfig(loss_weights=LossWeights(cls=0, bio=0, cloth=0, cloth_adv=0, cloth_match=0, decouple=0))
+    dcfg.info_nce.memory = True
+    criterion = Criterion(dcfg, num_identities=5)
+    g = torch.Generator().manual_seed(0)
+    out = {"image_embeds": F.normalize(torch.randn(4, 8, generator=g), dim=1),
+           "id_text_embeds": F.normalize(torch.randn(4, 8, generator=g), dim=1), "temperature": torch.tensor([0.1])}
+    batch = {K.PIDS: torch.tensor([0, 0, 1, 1])}
+    first, _, _ = criterion(out, batch)
+    assert first.item() == pytest.approx(T.info_nce(out["image_embeds"], out["id_text_embeds"], 0.1).item(), abs=1e-6)
+    assert criterion.memory.seen.tolist() == [True, True, False, False, False]
+    batch2 = {K.PIDS: torch.tensor([2, 2, 3, 3])}
+    second, _, _ = criterion(out, batch2)
+    assert second.item() > first.item()  # identities 0 and 1 are now extra negatives
+
+
+def test_the_clothing_adversary_contrasts_with_detached_clothing_texts() -> None:
+    g = torch.Generator().manual_seed(3)
+    adversary = F.normalize(torch.randn(5, 4, generator=g), dim=-1).requires_grad_()
+    cloth = F.normalize(torch.randn(5, 4, generator=g), dim=-1).requires_grad_()
+    valid = torch.tensor([True, True, False, True, True])
+    loss = T.clothing_adversary(adversary, cloth, valid, 0.2)
+    assert loss.item() == pytest.approx(T.cloth_contrastive(adversary, cloth, valid, 0.2).item(), abs=1e-12)
+    loss.backward()
+    assert cloth.grad is None and adversary.grad.abs().sum() > 0  # the texts are targets only

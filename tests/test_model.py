@@ -47,6 +47,7 @@ def tiny(dcfg: DisentangleConfig | None = None, cfg: ModelConfig | None = None, 
 def every_term(**overrides) -> DisentangleConfig:
     dcfg = DisentangleConfig(**overrides)
     dcfg.loss_weights.fusion_match = 0.5
+    dcfg.loss_weights.id_adv = 0.5
     return dcfg
 
 

@@ -233,3 +233,12 @@ def split_caption(text: str) -> tuple[str, str]:
     cloth = " ".join(cloth_parts)
     identity = " ".join(id_parts) if id_parts else " ".join(text.split())
     return identity, cloth
+
+
+def text_segments(text: str) -> list[str]:
+    """The caption's segments (rules 1 and 2: sentences, then commas and boundary words), each
+    joined back into words; for dropping parts of an identity text during training."""
+    out = []
+    for sentence in _SENTENCE_RE.split(text):
+        out += [" ".join(w.rstrip(",") for w in seg) for seg in _segments(sentence)]
+    return [seg for seg in out if seg]

@@ -35,21 +35,48 @@ from reid.data.pairs import NegativeSampler, identity_neighbours
 from reid.data.samplers import GlobalBatchSampler, ShardSampler
 from reid.data.tables import build_tables
 from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform, TrainTransform, load_image
-from reid.errors import DataError
+from reid.errors import ConfigError, DataError
 
 SIMILAR_NEIGHBOURS = 32  # data.sampler=similar: how far a chain looks for the next identity
 
 MAX_CONSECUTIVE_BAD = 64  # a run of unreadable images this long means the data is broken
 
 
+class SegmentDropout:
+    """Leave segments of an identity text out of a training sample: each segment
+    (:func:`reid.data.captions.text_segments`) is dropped with probability ``p``, at least one
+    stays, and what is left is tokenized again. A shorter description can only be matched by the
+    facts it keeps, so the identity branch cannot rely on the few facts that already tell most
+    people of a batch apart (colours) and must learn the others too (build, hair style, gender)."""
+
+    def __init__(self, tokenizer: Any, p: float, max_length: int):
+        self.tokenizer, self.p, self.max_length = tokenizer, p, max_length
+
+    def __call__(self, text: str, rng: np.random.Generator) -> Optional[list[int]]:
+        """New token ids, or None when nothing was dropped (the cached ids stand)."""
+        from reid.data.captions import text_segments
+
+        segments = text_segments(text)
+        keep = rng.random(len(segments)) >= self.p
+        if keep.all() or len(segments) < 2:
+            return None
+        if not keep.any():
+            keep[int(rng.integers(len(segments)))] = True
+        kept = " ".join(seg for seg, k in zip(segments, keep) if k) + "."
+        return self.tokenizer(kept, truncation=True, max_length=self.max_length)["input_ids"]
+
+
 class TrainDataset(Dataset):
     """Map-style dataset indexed by ``(row, sample_seed)`` pairs from :class:`GlobalBatchSampler`."""
 
-    def __init__(self, table: datasets.Dataset, transform: TrainTransform, negatives: NegativeSampler):
+    def __init__(self, table: datasets.Dataset, transform: TrainTransform, negatives: NegativeSampler,
+                 id_dropout: Optional[SegmentDropout] = None):
         columns = ["image_path", "pid", "id_input_ids", "cloth_input_ids", "cloth_valid"]
+        columns += ["id_caption"] if id_dropout is not None else []
         self.table = table.select_columns(columns)  # decode only what a sample needs
         self.transform = transform
         self.negatives = negatives
+        self.id_dropout = id_dropout
 
     def __len__(self) -> int:
         return len(self.table)
@@ -66,10 +93,13 @@ class TrainDataset(Dataset):
             except OSError:
                 continue
             negative = self.table[self.negatives.draw(used, negative_rng)]
+            id_ids = sample["id_input_ids"]
+            if self.id_dropout is not None:
+                id_ids = self.id_dropout(sample["id_caption"], np.random.default_rng([seed, 2])) or id_ids
             return {
                 keys.IMAGES: self.transform(image, image_rng),
                 keys.PIDS: sample["pid"],
-                keys.ID_INPUT_IDS: sample["id_input_ids"],
+                keys.ID_INPUT_IDS: id_ids,
                 keys.CLOTH_INPUT_IDS: sample["cloth_input_ids"],
                 keys.NEG_CLOTH_INPUT_IDS: negative["cloth_input_ids"],
                 keys.CLOTH_VALID: sample["cloth_valid"],
@@ -266,7 +296,12 @@ def build_train_data(
     pids = np.asarray(table["pid"], dtype=np.int64)
     candidates = table["neg_candidates"] if "neg_candidates" in table.column_names else None
     negatives = NegativeSampler(pids, np.asarray(table["cloth_valid"], dtype=bool), candidates)
-    dataset = TrainDataset(table, transform, negatives)
+    id_dropout = None
+    if cfg.id_segment_drop > 0:
+        if cfg.id_text != "id":
+            raise ConfigError("data.id_segment_drop: drops segments of the identity part, so it needs data.id_text=id")
+        id_dropout = SegmentDropout(tokenizer, cfg.id_segment_drop, cfg.text_max_length)
+    dataset = TrainDataset(table, transform, negatives, id_dropout)
     neighbours = None
     if cfg.sampler == "similar":
         neighbours = identity_neighbours(pids, table["id_caption"], SIMILAR_NEIGHBOURS)

@@ -84,7 +84,7 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     # build_model turns BatchNorm into the cross-rank SyncBatchNorm1d when world > 1.
     if cfg.train.compile:
         model.compile_encoders()
-    criterion = Criterion(cfg.disentangle)
+    criterion = Criterion(cfg.disentangle, num_identities=train_data.num_classes)
     meta = {"num_classes": train_data.num_classes, "image_size": list(cfg.data.image_size),
             "pixel_mean": list(mean), "pixel_std": list(std)}
 

@@ -65,6 +65,8 @@ class _Trainer:
         )
         self.model, self.optimizer = accelerator.prepare(ctx.model, optimizer)
         accelerator.register_for_checkpointing(self.state)
+        if getattr(ctx.criterion, "memory", None) is not None:  # the identity-text memory resumes too
+            accelerator.register_for_checkpointing(ctx.criterion.memory)
         self.deepspeed = is_deepspeed(accelerator)
         self.writer = RunWriter(ctx.run_dir, enabled=accelerator.is_main_process)
         self.meters = Meters()

@@ -11,7 +11,7 @@ Several processes: the contrastive terms (``info_nce``, ``bio``, ``cloth``, seed
 gathered with gradient; pair-form ``cloth_match`` mines its hard negatives among the global batch.
 Each process returns its share of the global loss (see reid/losses/terms.py), so that after
 DDP/DeepSpeed average the gradients over processes they equal one process training on the
-concatenated batch (tests/test_gather.py). Per-sample terms (``cls``, ``cloth_adv``,
+concatenated batch (tests/test_gather.py); ``id_adv`` is contrastive too. Per-sample terms (``cls``, ``cloth_adv``,
 ``fusion_match``) are local means; that needs the same batch size on every process.
 """
 
@@ -25,8 +25,9 @@ from reid.config import DisentangleConfig
 from reid.data import keys
 from reid.losses import terms as T
 from reid.losses.gather import gather_with_grad, rank, world_size
+from reid.losses.memory import IdentityMemory
 
-TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple", "fusion_match")
+TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple", "fusion_match", "id_adv")
 
 
 class _Batch:
@@ -55,10 +56,15 @@ class _Batch:
 class Criterion:
     """Weighted sum of the loss terms named in ``disentangle.loss_weights`` (weight 0 = skipped)."""
 
-    def __init__(self, dcfg: DisentangleConfig) -> None:
+    def __init__(self, dcfg: DisentangleConfig, num_identities: int = 0) -> None:
         self.cfg = dcfg
         weights = {name: float(getattr(dcfg.loss_weights, name)) for name in TERM_NAMES}
         self.weights = {name: w for name, w in weights.items() if w > 0}
+        self.memory = None  # checkpointed by the trainer (accelerator.register_for_checkpointing)
+        if dcfg.info_nce.memory and "info_nce" in self.weights:
+            if num_identities < 1:
+                raise ValueError("disentangle.info_nce.memory needs the number of training identities")
+            self.memory = IdentityMemory(num_identities, dcfg.info_nce.memory_momentum)
 
     def __call__(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
@@ -73,8 +79,13 @@ class Criterion:
 
     # One method per term: pick the inputs, call the pure function in reid/losses/terms.py.
     def _info_nce(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
-        pids = v.all(keys.PIDS) if self.cfg.info_nce.same_person == "exclude" else None
-        return T.info_nce(v.all("image_embeds"), v.all("id_text_embeds"), v.tau, rows=v.rows, pids=pids)
+        all_pids, text = v.all(keys.PIDS), v.all("id_text_embeds")
+        pids = all_pids if self.cfg.info_nce.same_person == "exclude" else None
+        memory = self.memory.keys(all_pids) if self.memory is not None else None
+        loss = T.info_nce(v.all("image_embeds"), text, v.tau, rows=v.rows, pids=pids, memory=memory)
+        if self.memory is not None:
+            self.memory.update(all_pids, text)  # after the loss: a batch never contrasts with itself
+        return loss
 
     def _cls(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         return T.id_classification(v.out["id_logits"], v.batch[keys.PIDS], self.cfg.label_smoothing)
@@ -122,6 +133,10 @@ class Criterion:
             return T.decouple_seed(v.out["decouple_id"], v.out["decouple_cloth"])
         return T.decouple_xcorr(v.all("id_embeds"), v.all("cloth_embeds"))
 
+    def _id_adv(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
+        image, valid = v.all("id_adv_embeds"), v.all(keys.CLOTH_VALID)
+        return T.clothing_adversary(image, v.all("cloth_text_embeds"), valid, v.tau, rows=v.rows)
+
     def _fusion_match(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         out = v.out
         return T.fusion_match(out["fusion_pos_logits"], out["fusion_neg_logits"], out["fusion_neg_valid"])
@@ -141,6 +156,11 @@ def diagnostics(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[st
         report["cls_acc"] = (out["id_logits"].argmax(dim=1) == pids).float().mean()
     if "cloth_adv_logits" in out:
         report["adv_acc"] = (out["cloth_adv_logits"].argmax(dim=1) == pids).float().mean()
+    if "id_adv_embeds" in out:  # how often the adversary picks the row's own clothing text
+        valid = batch[keys.CLOTH_VALID]
+        sim = (out["id_adv_embeds"].float() @ out["cloth_text_embeds"].float().T).masked_fill(~valid[None], -2.0)
+        hit = (sim.argmax(dim=1) == torch.arange(len(valid), device=valid.device)) & valid
+        report["id_adv_acc"] = hit.float().sum() / valid.sum().clamp(min=1)
     if "cloth_match_bias" in out:
         report["cloth_match_bias"] = out["cloth_match_bias"].detach().float().reshape(())
         report["cloth_match_acc"] = _pair_accuracy(out, batch[keys.CLOTH_VALID])

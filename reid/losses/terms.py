@@ -10,6 +10,7 @@ cloth_adv      :func:`adversarial_id`        cloth_adv_logits (behind the GRL), 
 cloth_match    :func:`pair_match` (pair) or :func:`cloth_match_seed` (seed)
 decouple       :func:`decouple_xcorr` (xcorr) or :func:`decouple_seed` (seed)
 fusion_match   :func:`fusion_match`          fusion_pos_logits, fusion_neg_logits, fusion_neg_valid
+id_adv         :func:`clothing_adversary`    id_adv_embeds (behind the GRL), cloth_text_embeds, cloth_valid
 
 Contrastive functions take the *global* batch (gathered across processes, or the local batch
 with one process) and an optional ``rows=(start, stop)``: the query rows this process owns. The
@@ -60,6 +61,7 @@ def info_nce(
     valid: Tensor | None = None,
     rows: Rows | None = None,
     pids: Tensor | None = None,
+    memory: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE (the seed's ``info_nce_loss``); row i of ``image`` and ``text`` is a pair.
 
@@ -68,8 +70,9 @@ def info_nce(
     where V = {i : valid_i} (all rows when ``valid`` is None): invalid rows are neither queries
     nor keys. With ``pids``, the other rows of a query's own person are left out of its softmax
     (the seed counts them as negatives, which P x K batches make contradictory: K - 1 keys of each
-    row describe the same person). With ``rows``, only those query rows are summed (see the module
-    docstring).
+    row describe the same person). ``memory = (keys (M, D), usable (M,))`` adds the usable keys as
+    further negatives of the image -> text direction (reid.losses.memory: other identities' texts).
+    With ``rows``, only those query rows are summed (see the module docstring).
     """
     image, text = _f(image), _f(text)
     n = image.shape[0]
@@ -79,7 +82,14 @@ def info_nce(
     if pids is not None:  # other rows of the query's own person are not negatives: leave them out
         drop = pids[start:stop, None] == pids[None, :]  # (b, N)
         drop[torch.arange(stop - start, device=drop.device), targets] = False
-    i2t = _row_ce(image[start:stop], text, targets, temperature, valid, drop)
+    i2t_keys, i2t_valid, i2t_drop = text, valid, drop
+    if memory is not None:  # extra columns after the batch's: the target indices stay the same
+        bank, usable = memory
+        i2t_keys = torch.cat([text, _f(bank).to(text.dtype)])
+        i2t_valid = torch.cat([valid if valid is not None else torch.ones(n, dtype=torch.bool, device=usable.device), usable])
+        if drop is not None:
+            i2t_drop = torch.cat([drop, drop.new_zeros(stop - start, len(bank))], dim=1)
+    i2t = _row_ce(image[start:stop], i2t_keys, targets, temperature, i2t_valid, i2t_drop)
     t2i = _row_ce(text[start:stop], image, targets, temperature, valid, drop)
     per_row = 0.5 * (i2t + t2i)  # (b,)
     if valid is None:
@@ -153,6 +163,25 @@ def adversarial_id(logits: Tensor, pids: Tensor) -> Tensor:
     clothing features are pushed to carry no identity.
     """
     return F.cross_entropy(_f(logits), pids)
+
+
+def clothing_adversary(
+    adversary: Tensor,
+    cloth_text: Tensor,
+    valid: Tensor,
+    temperature: Tensor | float,
+    *,
+    rows: Rows | None = None,
+) -> Tensor:
+    """``id_adv``: the adversary's InfoNCE against the (detached) clothing-text embeddings.
+
+    ``adversary`` = normalise(id_adversary(GRL(id_embeds))): the head learns to pick each image's
+    own clothing caption among the batch's from the identity features alone; the GRL hands the
+    identity branch -alpha times that gradient, so identity features that let it succeed are pushed
+    away. The texts are detached: the adversary must not reshape the clothing text space. Rows
+    without a clothing part take no part (as in ``cloth``).
+    """
+    return info_nce(adversary, cloth_text.detach(), temperature, valid=valid, rows=rows)
 
 
 def pair_match(

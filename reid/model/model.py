@@ -2,8 +2,9 @@
 
     image -> ViT -> [CLS] h (B, H)
       h -> id_projection -> ReLU -> id_embeds (B, H) -> id_classifier -> id_logits
-      h -> cloth_projection -> ReLU -> cloth_embeds (B, H)
-             -> GRL -> cloth_classifier -> cloth_adv_logits          (the adversary)
+        id_embeds -> GRL -> id_adversary -> L2 -> id_adv_embeds     (the clothing adversary, id_adv)
+    h -> cloth_projection -> ReLU -> cloth_embeds (B, H)
+             -> GRL -> cloth_classifier -> cloth_adv_logits          (the identity adversary)
              -> [GRL if disentangle.grl == cloth_branch] -> cloth branch
       [id_embeds; cloth branch] -> shared_mlp -> image_mlp -> L2 -> image_embeds, cloth_image_embeds
     [id; cloth; neg_cloth text] -> BERT -> [CLS] -> shared_mlp -> text_mlp -> L2 -> *_text_embeds
@@ -79,6 +80,7 @@ class Needs:
     cloth_text: bool
     neg_cloth_text: bool
     adversary: bool
+    id_adversary: bool
     seed_decouple: bool
     pair_bias: bool
     fusion: bool
@@ -86,14 +88,15 @@ class Needs:
     @staticmethod
     def of(dcfg: DisentangleConfig) -> "Needs":
         w = dcfg.loss_weights
-        cloth_text = w.cloth > 0 or w.cloth_match > 0
+        cloth_text = w.cloth > 0 or w.cloth_match > 0 or w.id_adv > 0
         return Needs(
             id_logits=w.cls > 0,
-            cloth_branch=cloth_text or w.cloth_adv > 0 or w.decouple > 0,
-            cloth_image=cloth_text,
+            cloth_branch=w.cloth > 0 or w.cloth_match > 0 or w.cloth_adv > 0 or w.decouple > 0,
+            cloth_image=w.cloth > 0 or w.cloth_match > 0,
             cloth_text=cloth_text,
             neg_cloth_text=w.cloth_match > 0 and dcfg.cloth_match.form == "pair",
             adversary=w.cloth_adv > 0,
+            id_adversary=w.id_adv > 0,
             seed_decouple=w.decouple > 0 and dcfg.decouple.form == "seed",
             pair_bias=w.cloth_match > 0 and dcfg.cloth_match.form == "pair",
             fusion=w.fusion_match > 0,
@@ -105,7 +108,8 @@ class T2IReIDModel(nn.Module):
 
     ``forward(batch)`` takes the training batch (reid/data/keys.py) and returns a dict:
     ``image_embeds``, ``cloth_image_embeds``, ``id_text_embeds``, ``cloth_text_embeds``,
-    ``neg_cloth_text_embeds`` (B, E) L2-normalised; ``id_logits``, ``cloth_adv_logits`` (B, C);
+    ``neg_cloth_text_embeds``, ``id_adv_embeds`` (B, E) L2-normalised; ``id_logits``,
+    ``cloth_adv_logits`` (B, C);
     ``id_embeds``, ``cloth_embeds`` (B, H) raw branch features (``cloth_embeds`` before any GRL);
     ``decouple_id`` / ``decouple_cloth`` (B, P) seed-form projector outputs; ``cloth_match_bias``
     and ``temperature`` (1,); with ``fusion_match``: ``fused_embeds`` (B, E'), ``gate_image_weight``
@@ -145,6 +149,8 @@ class T2IReIDModel(nn.Module):
         self.id_classifier = nn.Linear(H, C) if needs.id_logits else None
         self.cloth_projection = nn.Linear(H, H) if needs.cloth_branch else None
         self.cloth_classifier = nn.Linear(H, C) if needs.adversary else None
+        # id_adv: reads clothing from the identity features, into the text embedding space
+        self.id_adversary = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, cfg.embed_dim)) if needs.id_adversary else None
         proj = dcfg.decouple.projector_dim
         self.id_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
         self.cloth_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
@@ -273,6 +279,8 @@ class T2IReIDModel(nn.Module):
         out = {"id_embeds": id_embeds}
         if self.id_classifier is not None:
             out["id_logits"] = self.id_classifier(id_embeds)  # (B, C)
+        if self.id_adversary is not None:  # the GRL hands the identity branch -alpha x its gradient
+            out["id_adv_embeds"] = F.normalize(self.id_adversary(grad_reverse(id_embeds, self.grl_alpha)), dim=-1)
         if self.cloth_projection is None:
             return out, None
         # ReLU and the GRL commute (same mask, same sign flip), so grl(relu(p)) is the seed's relu(grl(p)).
