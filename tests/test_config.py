@@ -86,3 +86,24 @@ def test_docs_config_md_is_generated_from_the_schema():
     from reid.config_doc import render
 
     assert (REPO / "docs" / "config.md").read_text() == render(), "run: python -m reid.config_doc > docs/config.md"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    load_config(path)
+
+
+def test_the_clothing_change_benchmark_config_is_what_docs_ablation_md_measures() -> None:
+    cfg = load_config(REPO / "configs" / "synthetic_cc.yaml")
+    assert cfg.data.root == "" and cfg.data.synthetic.num_ids == 1000  # 150 test people: R1's SE <= 1.5
+    assert cfg.data.id_text == "id" and cfg.eval.select == "clothing_change/clothing_invariant/R1"
+    assert cfg.disentangle.loss_weights.id_adv > 0 and cfg.disentangle.info_nce.same_person == "exclude"
+
+
+def test_a_retired_key_is_dropped_with_one_warning(tmp_path: Path, capsys) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("eval:\n  query: id\n  batch_size: 7\n")
+    cfg = load_config(old)
+    assert cfg.eval.batch_size == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: eval.query is no longer a setting and is ignored")
