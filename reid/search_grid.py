@@ -25,7 +25,7 @@ INK, MUTED, PANEL = (30, 30, 30), (110, 110, 110), (242, 242, 242)
 class Tile:
     path: Path  # the image (an unreadable one shows as a grey panel)
     rank: int  # 1-based
-    score: float  # cosine similarity
+    score: float  # the mode's score: a cosine, or the sum of two (composed standard mode)
     name: str  # shown under the image (file name relative to the gallery)
     hit: Optional[bool]  # same person as the query; None when unknown
     match: Optional[float] = None  # fusion-head logit when the tile was re-ranked

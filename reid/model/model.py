@@ -2,7 +2,7 @@
 
     image -> ViT -> [CLS] h (B, H)
       h -> id_projection -> ReLU -> id_embeds (B, H) -> id_classifier -> id_logits
-        id_embeds -> GRL -> id_adversary -> L2 -> id_adv_embeds     (the clothing adversary, id_adv)
+        id_projection(h detached) -> ReLU -> GRL -> id_adversary -> L2 -> id_adv_embeds   (id_adv)
     h -> cloth_projection -> ReLU -> cloth_embeds (B, H)
              -> GRL -> cloth_classifier -> cloth_adv_logits          (the identity adversary)
              -> [GRL if disentangle.grl == cloth_branch] -> cloth branch
@@ -279,8 +279,13 @@ class T2IReIDModel(nn.Module):
         out = {"id_embeds": id_embeds}
         if self.id_classifier is not None:
             out["id_logits"] = self.id_classifier(id_embeds)  # (B, C)
-        if self.id_adversary is not None:  # the GRL hands the identity branch -alpha x its gradient
-            out["id_adv_embeds"] = F.normalize(self.id_adversary(grad_reverse(id_embeds, self.grl_alpha)), dim=-1)
+        if self.id_adversary is not None:
+            # The GRL hands id_projection -alpha x the adversary's gradient, and only id_projection: the
+            # encoder's features are detached on this path, because the clothing branch needs clothing
+            # in them; what must go is the identity branch's *selection* of it. (Reversed into the
+            # encoder as well, the identity branch collapsed to constant features on the benchmark.)
+            selected = F.relu(self.id_projection(feats.detach()))  # (B, H), id_embeds' values
+            out["id_adv_embeds"] = F.normalize(self.id_adversary(grad_reverse(selected, self.grl_alpha)), dim=-1)
         if self.cloth_projection is None:
             return out, None
         # ReLU and the GRL commute (same mask, same sign flip), so grl(relu(p)) is the seed's relu(grl(p)).
