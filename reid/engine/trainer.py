@@ -152,7 +152,7 @@ class _Trainer:
         self.raw_model.set_epoch(state.epoch)
         sampler = self.ctx.train_data.sampler
         sampler.set_epoch(state.epoch)
-        sampler.set_start(state.batch_in_epoch)
+        sampler.set_start(state.batch_in_epoch * sampler.global_size)  # batches of this run -> samples
         self.model.train()
         tick, samples = time.perf_counter(), 0
         for batch in self.ctx.train_data.loader:
