@@ -258,6 +258,26 @@ def test_a_write_over_the_file_size_limit(work):
     _check_failed_save(proc, tmp / "limited" / "limited" / "checkpoints", r"the file size limit (ulimit -f) was reached")
 
 
+# ------------------------------------------------------------------ a closed pipe
+
+def test_the_trainer_stops_with_a_checkpoint_when_its_output_pipe_closes(work):
+    """`accelerate launch ... | head`, head gone: the first line the trainer prints (the epoch-1
+    evaluation) meets the closed pipe; the run stops at the next step boundary with a checkpoint,
+    quietly, instead of dying with the work since the last one."""
+    tmp, root = work
+    name = "pipe"
+    cmd = [accelerate_bin(), "launch", *ONE_PROCESS, *args(tmp, root, name, "train.epochs=3", "train.eval_every=1")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=600)
+    run = tmp / "runs" / name
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert checkpoint_records(run) == [5, 10, 11, 12]  # 11: the epoch end; 12: the stop
+    assert not (run / "final").exists()
+
+
 # ------------------------------------------------------------------ signals
 
 def _start(work, name: str, *extra: str) -> subprocess.Popen:
