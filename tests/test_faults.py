@@ -339,14 +339,15 @@ def test_a_stop_by_signal_checkpoints_and_exits_0_and_resumes_exactly(work, whol
 
 
 def test_a_second_ctrl_c_aborts_at_once(work):
-    """The first Ctrl-C lands just after a step boundary, so a whole 40-micro-batch window lies ahead
-    (seconds); once the 1-process launcher has died of it, the second Ctrl-C ends the trainer by
-    SIGINT at once, without the checkpoint."""
+    """The first Ctrl-C lands just after a step boundary, so a whole window of 40 micro-batches of
+    512x256 images lies ahead (seconds); once the 1-process launcher has died of it, the second
+    Ctrl-C ends the trainer by SIGINT at once, without the checkpoint."""
     tmp, _ = work
     name = "abort"
     run = tmp / "runs" / name
     with adopting_orphans():
-        launcher = _start(work, name, "data.batch_size=4", "train.grad_accum=40", "data.num_workers=1", "train.epochs=20")
+        launcher = _start(work, name, "data.batch_size=4", "train.grad_accum=40", "data.image_size=[512,256]",
+                          "data.num_workers=1", "train.epochs=20")
         trainer = wait_for_child(launcher.pid, TRAIN)
         steps = _wait_for_step(run, 1, launcher)
         _wait_for_step(run, steps + 1, launcher)

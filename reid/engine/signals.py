@@ -73,7 +73,7 @@ class StopRequest:
         if interrupt:
             self._restore_default(signal.SIGTERM)
         if self.announce:
-            hint = " (Ctrl-C again aborts without one)" if interrupt or reason.startswith("stop file") else ""
+            hint = " (Ctrl-C again aborts without one)" if interrupt else " (Ctrl-C aborts without one)"
             _say(f"reid: {reason}: saving a checkpoint at the next step boundary, then stopping{hint}\n")
 
     def _restore_default(self, sig: int) -> None:
