@@ -205,7 +205,7 @@ class CheckedGalleryLoader:
 @dataclass
 class TrainData:
     dataset: TrainDataset
-    sampler: GlobalBatchSampler  # call set_epoch(e) before each epoch, set_start(n) to resume
+    sampler: GlobalBatchSampler  # call set_epoch(e) before each epoch, set_start(sample, order_size) to resume
     loader: DataLoader
     num_classes: int  # training identities (the classifier's width)
     tokenizer: Any
