@@ -53,6 +53,9 @@ def export_model(accelerator: Any, model: torch.nn.Module, out: Path, *, cfg: Co
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_model(model, str(tmp), max_shard_size=cfg.train.max_shard_size, safe_serialization=True)
+    # Under DDP / ZeRO-1/2 every rank holds the full state and its save_model still lists (and may
+    # re-create) the folder after the main process has written it: rename only once all are done.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         raw = accelerator.unwrap_model(model)
         _write_index(tmp)

@@ -50,14 +50,37 @@ def test_random_mode_covers_each_row_at_most_once():
     assert len(sampler) == len(PIDS) // 16 and len(rows) == len(set(rows)) == 8 * len(sampler)
 
 
-def test_resume_skips_exactly_the_first_batches_once():
+def test_resume_skips_exactly_the_first_samples_once():
     sampler = GlobalBatchSampler(PIDS, 4, 2, 0, seed=5, mode="identity", num_instances=2)
     full = _epoch(sampler, 2)
-    sampler.set_start(3)
+    sampler.set_start(3 * 8)  # 3 global batches of 4 x 2
     assert _epoch(sampler, 2) == full[3:]
     assert _epoch(sampler, 2) == full  # the skip applies to one iteration only
-    with pytest.raises(ValueError):
-        sampler.set_start(len(sampler) + 1)
+    sampler.set_start(sampler.epoch_rows())
+    assert _epoch(sampler, 2) == []  # resumed at an epoch's end: nothing left
+    with pytest.raises(ValueError, match="outside"):
+        sampler.set_start(sampler.epoch_rows() + 1)
+
+
+@pytest.mark.parametrize("mode", ["random", "identity"])
+def test_resume_with_another_global_batch_continues_from_the_same_sample(mode):
+    """A run that consumed 3 batches of 8 rows resumes with 2 processes x 8 (global 16): it goes on
+    with the rows the first run had not reached, in the first run's order, cut 16 at a time."""
+    before = GlobalBatchSampler(PIDS, 8, 1, 0, seed=5, mode=mode, num_instances=2)
+    before.set_epoch(1)
+    order = before.global_order(1)
+    after = [GlobalBatchSampler(PIDS, 8, 2, r, seed=5, mode=mode, num_instances=2) for r in range(2)]
+    for s in after:
+        s.set_start(24, order_size=8)
+    parts = [_epoch(s, 1) for s in after]
+    assert len(parts[0]) == (len(order) - 24) // 16
+    for b, (mine, theirs) in enumerate(zip(*parts)):
+        rows = [r for r, _ in mine + theirs]
+        assert rows == order[24 + 16 * b : 24 + 16 * (b + 1)].tolist()
+    # the sample seeds are those of the positions in the first run's order
+    assert parts[0][0][0][1] == [batch for batch in _epoch(before, 1)][3][0][1]
+    fresh = GlobalBatchSampler(PIDS, 8, 2, 0, seed=5, mode=mode, num_instances=2)
+    assert _epoch(after[0], 2) == _epoch(fresh, 2)  # the next epoch is cut for the new size
 
 
 def test_identity_batches_are_whole_groups_of_distinct_identities():

@@ -1,7 +1,6 @@
-"""Engine parts that need no process group: parameter groups, the lr schedule, checkpoint markers,
-the stop request."""
+"""Engine parts that need no process group: parameter groups, the lr schedule, the stop request.
+(Checkpoints: tests/test_checkpoints.py.)"""
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -10,10 +9,8 @@ import pytest
 import torch
 
 from reid.config import OptimConfig
-from reid.engine.checkpoint import MARKER, check_compatible, list_checkpoints, parameter_shapes, resolve_resume
 from reid.engine.optim import apply_lr, build_optimizer, lr_factor, param_groups
 from reid.engine.signals import StopRequest
-from reid.errors import CheckpointError
 
 
 class Toy(torch.nn.Module):
@@ -53,39 +50,6 @@ def test_apply_lr_sets_every_group():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([lrs[g["name"]] for g in opt.param_groups])
 
 
-def _fake_checkpoint(root, step, model, **extra):
-    d = root / f"step_{step:08d}"
-    d.mkdir(parents=True)
-    (d / MARKER).write_text(json.dumps({"step": step, "world_size": 1, "shapes": parameter_shapes(model), **extra}))
-    return d
-
-
-def test_latest_checkpoint_by_marker_ignores_incomplete(tmp_path):
-    model = Toy()
-    _fake_checkpoint(tmp_path, 5, model)
-    newest = _fake_checkpoint(tmp_path, 12, model)
-    (tmp_path / ".tmp-step_00000020").mkdir()  # a save that was killed
-    (tmp_path / "step_00000030").mkdir()  # no marker: incomplete
-    assert list_checkpoints(tmp_path)[-1] == newest
-    assert resolve_resume("latest", tmp_path) == newest
-    assert resolve_resume("latest", tmp_path / "none") is None
-    with pytest.raises(CheckpointError, match="not a complete reid checkpoint"):
-        resolve_resume(str(tmp_path / "step_00000030"), tmp_path)
-
-
-def test_shape_mismatch_names_first_tensor(tmp_path):
-    ckpt = _fake_checkpoint(tmp_path, 1, Toy(width=4))
-    check_compatible(ckpt, Toy(width=4), world_size=1, deepspeed=False)
-    with pytest.raises(CheckpointError, match=r"tensor 'image_encoder.0.weight' has shape \[4, 3\] in the checkpoint but \[8, 3\]"):
-        check_compatible(ckpt, Toy(width=8), world_size=1, deepspeed=False)
-
-
-def test_deepspeed_world_size_change_is_refused(tmp_path):
-    ckpt = _fake_checkpoint(tmp_path, 1, Toy())
-    with pytest.raises(CheckpointError, match="saved by 1 processes, resumed with 2"):
-        check_compatible(ckpt, Toy(), world_size=2, deepspeed=True)
-
-
 def test_stop_request_by_signal_and_by_file(tmp_path):
     stop = StopRequest(tmp_path / "STOP").install()
     try:
@@ -99,36 +63,44 @@ def test_stop_request_by_signal_and_by_file(tmp_path):
     assert stop.poll() and "stop file" in stop.reason
 
 
-def test_a_save_killed_half_way_leaves_the_previous_checkpoint_usable(tmp_path):
-    """The kill is simulated in-process (save_state raising after writing part of its files): a real
-    SIGKILL lands at a random moment; this places it at the worst one, between files."""
-    from accelerate import Accelerator
+def test_ctrl_c_asks_for_a_stop_and_a_second_one_gets_the_default_action():
+    """The first SIGINT is a stop request; after it SIGINT and SIGTERM are the kernel's default
+    (terminate) again, so a second Ctrl-C aborts even while Python is blocked in a collective.
+    (Real processes receiving the second signal: tests/test_faults.py.)"""
+    stop = StopRequest().install()
+    try:
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt
+        assert stop.poll() and stop.reason == "SIGINT" and stop.interrupted
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
 
-    from reid.engine.checkpoint import save_checkpoint
-    from reid.engine.state import TrainState
 
-    accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(Toy())
-    state = TrainState(step=5)
-    accelerator.register_for_checkpointing(state)
-    meta = {"shapes": parameter_shapes(model)}
-    first = save_checkpoint(accelerator, tmp_path, 5, meta, keep_last=2)
+def test_a_second_sigterm_does_not_abort():
+    """SLURM and torchrun may each send a SIGTERM: the second must not cost the checkpoint."""
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.poll() and stop.reason == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == stop._handle  # still ours
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # but Ctrl-C now aborts
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.reason == "SIGTERM"
+    finally:
+        stop.uninstall()
 
-    real_save = accelerator.save_state
 
-    def dies_half_way(path):
-        Path(path).mkdir(parents=True)
-        (Path(path) / "model.safetensors").write_bytes(b"partial")
-        raise KeyboardInterrupt("killed during save")
+def test_the_launchers_exit_is_a_stop_request():
+    from reid.engine.signals import LAUNCHER_GONE, stop_with_launcher
 
-    accelerator.save_state = dies_half_way
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(accelerator, tmp_path, 9, meta, keep_last=2)
-    assert resolve_resume("latest", tmp_path) == first
-    state.step = 0
-    accelerator.load_state(str(first))
-    assert state.step == 5
-
-    accelerator.save_state = real_save  # the next save cleans the debris up
-    save_checkpoint(accelerator, tmp_path, 12, meta, keep_last=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000005", "step_00000012"]
+    assert not stop_with_launcher()  # pytest is not a launcher: never armed under a plain parent
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), LAUNCHER_GONE)
+        assert stop.poll() and stop.reason == "launcher exited" and not stop.interrupted
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+    finally:
+        stop.uninstall()

@@ -27,7 +27,7 @@ from reid.data.formats import (
     read_annotations,
     summarize,
 )
-from reid.errors import ReidError
+from reid.errors import ReidError, report_user_errors
 
 
 class _ArgError(Exception):
@@ -76,6 +76,7 @@ def _table(report: dict) -> str:
     return "\n".join(lines)
 
 
+@report_user_errors
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``reid-data``; returns the exit status (0 ok, 2 bad input)."""
     parser = _Parser(prog="reid-data", description="Validate a dataset and print its counts per split.")

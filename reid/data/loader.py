@@ -19,6 +19,7 @@ themselves (:mod:`reid.data.samplers`), so the loaders must not be handed to
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -234,7 +235,7 @@ class CheckedGalleryLoader:
 @dataclass
 class TrainData:
     dataset: TrainDataset
-    sampler: GlobalBatchSampler  # call set_epoch(e) before each epoch, set_start(n) to resume
+    sampler: GlobalBatchSampler  # call set_epoch(e) before each epoch, set_start(sample, order_size) to resume
     loader: DataLoader
     num_classes: int  # training identities (the classifier's width)
     tokenizer: Any
@@ -255,10 +256,15 @@ def _statistics(cfg: DataConfig, mean: Optional[Sequence[float]], std: Optional[
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Seed the worker's global RNGs from torch's per-worker seed (nothing here uses them)."""
+    """Seed the worker's global RNGs from torch's per-worker seed (nothing here uses them), and leave
+    stopping to the main process: Ctrl-C reaches the whole process group (and torchrun forwards INT
+    and TERM to it), but the main process still needs batches to reach the step boundary where it
+    checkpoints. A worker still ends with its main process (torch's watchdog sees the parent go)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _loader_options(num_workers: int, seed: int, persistent: bool) -> dict[str, Any]:

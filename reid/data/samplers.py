@@ -8,6 +8,12 @@ with batch b see, and every row carries a ``sample_seed`` that depends only on (
 position in the epoch's order): augmentation and negative draws do not depend on the number of
 processes or DataLoader workers.
 
+A resumed run locates itself in **global samples**: ``set_start(position, order_size)`` makes the
+next iteration start at sample ``position`` of the epoch's order, cut for ``order_size`` rows per
+global batch (the global batch the epoch began with). So a run resumed with another global batch
+(``data.batch_size`` x processes changed) still continues with exactly the samples the interrupted
+run had not reached; only the rest of that epoch is cut into batches of the new size.
+
 ``mode="similar"`` is P×K sampling whose identities come in chains of similar identity descriptions
 (each followed by its nearest not-yet-placed neighbour, :func:`reid.data.pairs.identity_neighbours`),
 so a batch holds people who differ in few identity facts: the identity terms can then only be
@@ -77,15 +83,12 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         self.seed, self.mode, self.num_instances = seed, mode, num_instances
         self.global_size = batch_size * num_replicas
         self.epoch = 0
-        self._start = 0
+        self._start, self._start_order = 0, self.global_size
         if mode != "random":
             order = np.argsort(self.pids, kind="stable")
             cuts = np.flatnonzero(np.diff(self.pids[order])) + 1
             self._rows_by_pid = np.split(order, cuts)  # rows of each identity, identities sorted
-            num_groups = sum(max(1, len(r) // num_instances) for r in self._rows_by_pid)
-            self._num_batches = num_groups * num_instances // self.global_size
-        else:
-            self._num_batches = len(self.pids) // self.global_size
+        self._num_batches = self.num_batches_for(self.global_size)
         if self._num_batches == 0:
             raise DataError(
                 f"{len(self.pids)} training rows give no full global batch of data.batch_size "
@@ -95,20 +98,37 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self._num_batches
 
+    def num_batches_for(self, global_size: int) -> int:
+        """Full global batches of ``global_size`` rows in one epoch."""
+        if self.mode == "random":
+            return len(self.pids) // global_size
+        num_groups = sum(max(1, len(r) // self.num_instances) for r in self._rows_by_pid)
+        return num_groups * self.num_instances // global_size
+
+    def epoch_rows(self, order_size: int | None = None) -> int:
+        """Rows in an epoch's order cut for ``order_size`` rows per global batch (default: ours)."""
+        size = order_size or self.global_size
+        return self.num_batches_for(size) * size
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def set_start(self, batch_index: int) -> None:
-        """Skip the first ``batch_index`` batches of the next iteration (exact mid-epoch resume)."""
-        if not 0 <= batch_index <= self._num_batches:
-            raise ValueError(f"start batch {batch_index} is outside 0..{self._num_batches}")
-        self._start = batch_index
+    def set_start(self, position: int, order_size: int | None = None) -> None:
+        """Start the next iteration (only) at global sample ``position`` of the epoch's order cut for
+        ``order_size`` rows per global batch (default: ours); see the module docstring."""
+        size = order_size or self.global_size
+        if self.mode != "random" and size % self.num_instances:
+            raise ValueError(f"global batch {size} is not a multiple of num_instances {self.num_instances}")
+        if not 0 <= position <= self.epoch_rows(size):
+            raise ValueError(f"start sample {position} is outside 0..{self.epoch_rows(size)}")
+        self._start, self._start_order = position, size
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        start, self._start = self._start, 0
-        order = self.global_order(self.epoch)
-        for b in range(start, self._num_batches):
-            first = b * self.global_size + self.rank * self.batch_size
+        start, size = self._start, self._start_order
+        self._start, self._start_order = 0, self.global_size
+        order = self._order(self.epoch, size)
+        for batch_start in range(start, len(order) - self.global_size + 1, self.global_size):
+            first = batch_start + self.rank * self.batch_size
             yield [
                 (int(order[p]), sample_seed(self.seed, self.epoch, p))
                 for p in range(first, first + self.batch_size)
@@ -116,12 +136,16 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def global_order(self, epoch: int) -> np.ndarray:
         """Row indices of all global batches of ``epoch``, concatenated (identical on every rank)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.mode == "random":
-            return rng.permutation(len(self.pids))[: self._num_batches * self.global_size]
-        return self._identity_order(rng)
+        return self._order(epoch, self.global_size)
 
-    def _identity_order(self, rng: np.random.Generator) -> np.ndarray:
+    def _order(self, epoch: int, global_size: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        num_batches = self.num_batches_for(global_size)
+        if self.mode == "random":
+            return rng.permutation(len(self.pids))[: num_batches * global_size]
+        return self._identity_order(rng, global_size, num_batches)
+
+    def _identity_order(self, rng: np.random.Generator, global_size: int, num_batches: int) -> np.ndarray:
         k = self.num_instances
         groups_by_pid: list[list[np.ndarray]] = []
         for rows in self._rows_by_pid:
@@ -132,8 +156,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
             ids = [i for i, g in enumerate(groups_by_pid) if len(g) > r]
             ids = rng.permutation(ids) if self.mode == "identity" else _chain(ids, self.neighbours, rng, self.group)
             dealt.extend((i, groups_by_pid[i][r]) for i in ids)
-        per_batch = self.global_size // k
-        batches = _fill_batches(dealt, per_batch, self._num_batches)
+        batches = _fill_batches(dealt, global_size // k, num_batches)
         return np.concatenate([g for batch in batches for _, g in batch])
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from reid.data.synth_render import COLOURS, render
 from reid.data.synth_text import identity_words, make_captions, tokenize
-from reid.errors import DataError, ReidError
+from reid.errors import DataError, ReidError, report_user_errors
 
 VERSION = 2  # 2: every caption names every visible identity factor; 3 outfits per person
 SPLITS = ("train", "val", "test")
@@ -381,6 +381,7 @@ def _format_counts(counts: dict) -> str:
                      for s, c in counts.items())
 
 
+@report_user_errors
 def main(argv: Optional[list[str]] = None) -> int:
     """``reid-synth``: write a synthetic dataset; prints its counts. Exit status 2 on bad arguments."""
     parser = _Parser(prog="reid-synth", description=__doc__.split("\n\n")[0])

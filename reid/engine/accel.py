@@ -83,6 +83,11 @@ def zero_stage(accelerator: Accelerator) -> int:
     return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
 
 
+def backend_name(accelerator: Accelerator) -> str:
+    """How the training state is stored: ``DDP`` (any plain Accelerate run) or ``DeepSpeed ZeRO-<stage>``."""
+    return f"DeepSpeed ZeRO-{zero_stage(accelerator)}" if is_deepspeed(accelerator) else "DDP"
+
+
 def optimizer_offloaded(accelerator: Accelerator) -> bool:
     """True when the DeepSpeed JSON offloads the optimizer state (ZeRO-Offload)."""
     if not is_deepspeed(accelerator):

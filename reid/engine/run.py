@@ -12,7 +12,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from reid.config import Config, save_config
 from reid.data import build_eval_data, build_tokenizer, build_train_data, prepare_root
-from reid.engine.checkpoint import list_checkpoints
+from reid.engine.checkpoint import candidates
 from reid.errors import ConfigError
 from reid.evaluation import evaluate, split_truth
 from reid.export import export_model, pixel_stats
@@ -32,8 +32,9 @@ class RunContext:
     export: Callable[[torch.nn.Module, Path], Path]
 
 
-def prepare_run_dir(cfg: Config, accelerator: Any, config_name: str, resume: str | None) -> Path:
-    """``<train.output_dir>/<train.run_name>``; the main process picks the name and tells the others."""
+def choose_run_dir(cfg: Config, accelerator: Any, config_name: str, resume: str | None) -> Path:
+    """``<train.output_dir>/<train.run_name>``; the main process picks the name and tells the others.
+    Nothing is written yet: a resume that turns out impossible must leave no new run behind."""
     output = Path(cfg.train.output_dir)
     name = cfg.train.run_name
     if not name and accelerator.is_main_process:
@@ -42,17 +43,21 @@ def prepare_run_dir(cfg: Config, accelerator: Any, config_name: str, resume: str
     names = [name]
     if accelerator.num_processes > 1:
         broadcast_object_list(names, from_process=0)
-    run_dir = output / names[0]
+    return output / names[0]
+
+
+def create_run_dir(cfg: Config, accelerator: Any, run_dir: Path) -> None:
+    """Create the run directory and write the resolved config into it (main process)."""
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
-    return run_dir
 
 
 def _latest_run(output: Path, config_name: str) -> str | None:
-    """The most recent run of this config that has a checkpoint (for ``--resume latest``)."""
-    runs = [p for p in output.glob(f"{config_name}-*") if list_checkpoints(p / "checkpoints")]
+    """The most recent run of this config that has a checkpoint, intact or not (for ``--resume
+    latest``: a damaged one is then reported, not passed over)."""
+    runs = [p for p in output.glob(f"{config_name}-*") if candidates(p / "checkpoints")]
     return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
 
 

@@ -9,13 +9,17 @@ from dataclasses import asdict, dataclass, fields
 class TrainState:
     """Everything besides weights/optimizer/RNG that a resumed run needs to continue exactly.
 
-    ``epoch`` and ``batch_in_epoch`` locate the data order: a resumed run re-creates the epoch's
-    sampler order and skips the ``batch_in_epoch`` micro-batches already consumed.
+    The position in the data is counted in **global samples**, not in this run's batches, so it
+    means the same thing under any number of processes: a resumed run re-creates the epoch's order
+    (cut for ``epoch_global_batch`` rows per global batch, the size the epoch began with) and starts
+    at sample ``sample_in_epoch`` of it.
     """
 
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # current epoch (0-based)
-    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    sample_in_epoch: int = 0  # global samples of `epoch`'s order already consumed
+    epoch_global_batch: int = 0  # data.batch_size x processes when `epoch` began (0: not begun)
+    samples_seen: int = 0  # global samples consumed since the run began
     best_metric: float = -1.0  # best val R1 so far
     best_step: int = -1
     bad_steps_in_row: int = 0  # consecutive non-finite losses

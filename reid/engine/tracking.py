@@ -67,6 +67,11 @@ class RunWriter:
             self.writer.add_scalar(tag, value, step)
         self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
 
+    def event(self, kind: str, step: int, **fields: Any) -> None:
+        """A JSON line that is not a curve (``checkpoint``: where, how big, how long it took)."""
+        if self.enabled:
+            self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **fields}) + "\n")
+
     def text(self, tag: str, text: str) -> None:
         if self.enabled:
             self.writer.add_text(tag, text, 0)

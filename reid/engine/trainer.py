@@ -9,6 +9,7 @@ slice of the global batch, in an order that a resumed run can re-create and skip
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,19 @@ import torch
 
 from reid.config import Config
 from reid.data import keys
-from reid.engine.accel import build_accelerator, is_deepspeed, optimizer_offloaded
-from reid.engine.checkpoint import check_compatible, parameter_shapes, resolve_resume, save_checkpoint
+from reid.engine.accel import backend_name, build_accelerator, is_deepspeed, optimizer_offloaded
+from reid.engine.checkpoint import check_backend, check_compatible, parameter_shapes, save_checkpoint
+from reid.engine.disk import free_bytes, full_reason, size_text
 from reid.engine.optim import apply_lr, build_optimizer
+from reid.engine.position import DataPlan, describe_resume
 from reid.engine.report import brief
-from reid.engine.run import RunContext, build_components, prepare_run_dir
-from reid.engine.signals import StopRequest
+from reid.engine.restore import elastic, load_checkpoint, prepare_deepspeed_load
+from reid.engine.resume import locate
+from reid.engine.run import RunContext, build_components, choose_run_dir, create_run_dir
+from reid.engine.signals import StopRequest, stop_with_launcher
 from reid.engine.state import TrainState
 from reid.engine.tracking import Meters, RunWriter, tagged
-from reid.errors import ReidError
+from reid.errors import DiskFullError, ReidError, silence_stdout
 
 
 class TrainingError(ReidError):
@@ -45,14 +50,25 @@ class FitResult:
 
 def fit(cfg: Config, *, config_name: str = "run", resume: str | None = None) -> FitResult:
     """Train ``cfg`` to the end (or to a stop request); returns where everything went."""
+    stop_with_launcher()
     accelerator = build_accelerator(cfg)
-    run_dir = prepare_run_dir(cfg, accelerator, config_name, resume)
+    run_dir = choose_run_dir(cfg, accelerator, config_name, resume)
+    start = locate(accelerator, resume, run_dir / "checkpoints")  # before anything is written
+    if resume and start is None and accelerator.is_main_process:
+        print(f"resume: no checkpoint yet under {run_dir}/checkpoints, starting fresh", flush=True)
+    if start is not None:
+        check_backend(*start, backend_name(accelerator))
+        prepare_deepspeed_load(accelerator, start[1], is_deepspeed(accelerator))
+    create_run_dir(cfg, accelerator, run_dir)
     ctx = build_components(cfg, accelerator, run_dir)
     trainer = _Trainer(cfg, accelerator, ctx)
     try:
-        return trainer.run(resume)
-    finally:
-        trainer.close()
+        result = trainer.run(start)
+    except BaseException:
+        trainer.close(quiet=True)  # the error that ended the run is the one to report
+        raise
+    trainer.close()
+    return result
 
 
 class _Trainer:
@@ -70,54 +86,98 @@ class _Trainer:
         self.deepspeed = is_deepspeed(accelerator)
         self.writer = RunWriter(ctx.run_dir, enabled=accelerator.is_main_process)
         self.meters = Meters()
-        self.stop = StopRequest(ctx.run_dir / "STOP").install()
+        self.stop = StopRequest(ctx.run_dir / "STOP", announce=accelerator.is_main_process).install()
         if accelerator.is_main_process:  # a stop file left by the run we resume must not stop us
             for path in self.stop.stop_files:
                 path.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
-        data = ctx.train_data
-        accum = cfg.train.grad_accum
-        self.batches_per_epoch = (len(data.sampler) // accum) * accum
-        if self.batches_per_epoch == 0:
+        self.plan = DataPlan(ctx.train_data.sampler, cfg.data.batch_size, accelerator.num_processes,
+                             cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps)
+        if self.plan.steps_per_epoch == 0:
             raise TrainingError(
-                f"one epoch has {len(data.sampler)} batches of {cfg.data.batch_size} x "
-                f"{accelerator.num_processes} processes, fewer than train.grad_accum={accum}: "
+                f"one epoch has {len(ctx.train_data.sampler)} batches of {cfg.data.batch_size} x "
+                f"{accelerator.num_processes} processes, fewer than train.grad_accum={cfg.train.grad_accum}: "
                 "lower data.batch_size or train.grad_accum"
             )
-        self.steps_per_epoch = self.batches_per_epoch // accum
-        full = cfg.train.epochs * self.steps_per_epoch
-        self.total_steps = min(full, cfg.train.max_steps) if cfg.train.max_steps else full
+        self.total_steps = self.plan.total_steps(self.state)  # planned again after a resume
+        self.saved_step = -1  # one save per step, whatever the reasons to save coincide
         self.progress = None
         self.stop_pending = False
         self.last_lrs: dict[str, float] = {}
         self.best_metrics: dict[str, float] = {}
 
+    @property
+    def backend(self) -> str:
+        return backend_name(self.accelerator)
+
     def _print(self, message: str) -> None:
-        """On the global main process only (``accelerator.print`` prints once per node)."""
-        if self.accelerator.is_main_process:
+        """On the global main process only (``accelerator.print`` prints once per node). A reader
+        that closed our output (``... | head``) makes the run stop at the next step boundary with a
+        checkpoint, quietly, rather than die with the work since the last one."""
+        if not self.accelerator.is_main_process:
+            return
+        try:
             print(message, flush=True)
+        except BrokenPipeError:
+            silence_stdout()
+            self.stop.request("standard output closed")
 
     # ---------------------------------------------------------------- resume / save
-    def _resume(self, resume: str | None) -> None:
-        if not resume:
+    def _resume(self, start: tuple[Path, dict[str, Any]] | None) -> None:
+        if start is None:
             return
-        path = resolve_resume(resume, self.ctx.run_dir / "checkpoints")
-        if path is None:
-            self._print(f"resume: no checkpoint yet under {self.ctx.run_dir}/checkpoints, starting fresh")
-            return
-        check_compatible(path, self.raw_model, self.accelerator.num_processes, self.deepspeed)
-        self.accelerator.load_state(str(path))
+        path, marker = start
+        check_compatible(path, marker, self.raw_model, self.backend)
+        not_kept = load_checkpoint(self.accelerator, self.model, path, marker, self.state, deepspeed=self.deepspeed,
+                                   seed=self.cfg.train.seed, scratch=self.ctx.run_dir / "checkpoints")
+        if path.parent == self.ctx.run_dir / "checkpoints":
+            self.saved_step = self.state.step  # this step is saved already
+        self.total_steps = self.plan.total_steps(self.state)
         self._print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch})")
+        change = describe_resume(marker, self.plan, self.state, self.total_steps, not_kept=not_kept,
+                                 universal=self.deepspeed and elastic(self.accelerator, marker))
+        if change:
+            self._print(change)
 
-    def _save(self) -> Path:
-        meta = {"epoch": self.state.epoch, "shapes": parameter_shapes(self.raw_model)}
-        return save_checkpoint(
-            self.accelerator, self.ctx.run_dir / "checkpoints", self.state.step, meta, self.cfg.train.keep_last
+    def _save(self) -> None:
+        state = self.state
+        if self.saved_step == state.step:
+            return
+        meta = {
+            "epoch": state.epoch, "sample_in_epoch": state.sample_in_epoch, "epoch_global_batch": state.epoch_global_batch,
+            "batch_size": self.plan.batch_size, "grad_accum": self.plan.grad_accum, "global_batch": self.plan.global_batch,
+            "total_steps": self.total_steps, "backend": self.backend, "shapes": parameter_shapes(self.raw_model),
+        }
+        tick = time.perf_counter()
+        path = save_checkpoint(
+            self.accelerator, self.ctx.run_dir / "checkpoints", state.step, meta, self.cfg.train.keep_last,
+            failures_are_local=self.deepspeed, resume_hint=f"--resume latest train.run_name={self.ctx.run_dir.name}",
         )
+        self.saved_step = state.step
+        self.writer.event("checkpoint", state.step, path=str(path), seconds=round(time.perf_counter() - tick, 3))
+
+    def _export(self, name: str) -> Path:
+        """Export ``best`` / ``final``; a full disk is one line (the checkpoints stay)."""
+        out = self.ctx.run_dir / name
+        try:
+            return self.ctx.export(self.model, out)
+        except Exception as exc:
+            reason = full_reason(exc, out.parent)
+            if not reason:
+                raise
+            if self.accelerator.is_main_process:
+                shutil.rmtree(out.with_name(f".{name}.tmp"), ignore_errors=True)
+            error = DiskFullError(
+                f"{out}: the {name} model was not exported: {reason} "
+                f"({size_text(free_bytes(out.parent))} free); the checkpoints are kept: free space, then "
+                f"resume with --resume latest train.run_name={self.ctx.run_dir.name}"
+            )
+            error.every_rank = True  # type: ignore[attr-defined]
+            raise error from exc
 
     # ---------------------------------------------------------------- the loop
-    def run(self, resume: str | None) -> FitResult:
-        self._resume(resume)
+    def run(self, start: tuple[Path, dict[str, Any]] | None) -> FitResult:
+        self._resume(start)
         result = FitResult(run_dir=self.ctx.run_dir, state=self.state)
         self._open_progress()
         while self.state.epoch < self.cfg.train.epochs and self.state.step < self.total_steps:
@@ -127,14 +187,14 @@ class _Trainer:
                 result.stopped_early = True
                 self._print(f"stop requested ({self.stop.reason}): checkpoint saved at step {self.state.step}")
                 return result
-            if self.state.batch_in_epoch >= self.batches_per_epoch:
+            if self.plan.micro_batches_left(self.state) == 0:
                 self.state.epoch += 1
-                self.state.batch_in_epoch = 0
+                self.state.sample_in_epoch = self.state.epoch_global_batch = 0
             self._end_of_epoch(result)
         if not result.val_metrics:
             result.val_metrics = self._evaluate()
             self._record_best(result)
-        result.exports["final"] = self.ctx.export(self.model, self.ctx.run_dir / "final")
+        result.exports["final"] = self._export("final")
         if result.exports.get("best") is None and (self.ctx.run_dir / "best").exists():
             result.exports["best"] = self.ctx.run_dir / "best"
         result.best_metrics = self.best_metrics
@@ -150,19 +210,26 @@ class _Trainer:
 
     def _train_epoch(self) -> bool:
         """Consume the rest of the current epoch; True if a stop request ended it early."""
-        cfg, state = self.cfg, self.state
+        cfg, state, plan = self.cfg, self.state, self.plan
+        if state.sample_in_epoch == 0:
+            state.epoch_global_batch = plan.global_batch
+        left = plan.micro_batches_left(state)
+        if left == 0 or state.step >= self.total_steps:
+            return False
         self.raw_model.set_epoch(state.epoch)
         sampler = self.ctx.train_data.sampler
         sampler.set_epoch(state.epoch)
-        sampler.set_start(state.batch_in_epoch)
+        sampler.set_start(state.sample_in_epoch, state.epoch_global_batch)
         self.model.train()
         tick, samples = time.perf_counter(), 0
         for batch in self.ctx.train_data.loader:
-            if state.batch_in_epoch >= self.batches_per_epoch or state.step >= self.total_steps:
+            if left == 0 or state.step >= self.total_steps:
                 break
             self.stop_pending |= self._micro_step(batch)
-            samples += cfg.data.batch_size * self.accelerator.num_processes
-            state.batch_in_epoch += 1
+            left -= 1
+            samples += plan.global_batch
+            state.sample_in_epoch += plan.global_batch
+            state.samples_seen += plan.global_batch
             if not self.accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -173,7 +240,8 @@ class _Trainer:
                 self.progress.update(1)
             if self.stop_pending:
                 return True
-            if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+            # An epoch's (or the run's) last step is saved once, after the epoch end's evaluation.
+            if cfg.train.save_every and state.step % cfg.train.save_every == 0 and left and state.step < self.total_steps:
                 self._save()
         return False
 
@@ -270,6 +338,7 @@ class _Trainer:
         values["grl/alpha"] = float(self.raw_model.grl_alpha)
         values["perf/samples_per_s"] = samples_per_s
         values["epoch"] = self.state.epoch
+        values["samples"] = self.state.samples_seen
         self.writer.scalars(self.state.step, values)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{values.get('loss/total', float('nan')):.3f}", sps=f"{samples_per_s:.0f}", epoch=self.state.epoch)
@@ -285,11 +354,17 @@ class _Trainer:
         if value > self.state.best_metric:
             self.state.best_metric, self.state.best_step = value, self.state.step
             self.best_metrics = dict(result.val_metrics)
-            result.exports["best"] = self.ctx.export(self.model, self.ctx.run_dir / "best")
+            result.exports["best"] = self._export("best")
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """``quiet``: the run is ending on an error; a writer that cannot flush (a full disk) must
+        not replace it."""
         if self.progress is not None:
             self.progress.close()
         self.stop.uninstall()
-        self.writer.close()
+        try:
+            self.writer.close()
+        except Exception:
+            if not quiet:
+                raise
         self.accelerator.end_training()
