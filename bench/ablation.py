@@ -35,9 +35,9 @@ RERANK_TOPK = 10
 W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
-    "full": ([], "the benchmark config: the seven terms + the clothing adversary `id_adv`"),
+    "full": ([], "the benchmark config: the seven terms"),
     "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
-    "no_id_adv": ([f"{W}.id_adv=0"], "without the clothing adversary `id_adv` (the seed's seven terms)"),
+    "id_adv": ([f"{W}.id_adv=0.2"], "+ the clothing adversary `id_adv` at 0.2"),
     "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),
     "no_cls_bio": ([f"{W}.cls=0", f"{W}.bio=0"], "without `cls` and `bio`"),
     "seed_info_nce": (["disentangle.info_nce.same_person=negative"], "the seed's InfoNCE (same-person keys as negatives)"),
