@@ -58,16 +58,18 @@ def prepare_deepspeed_load(accelerator: Any, marker: dict[str, Any], deepspeed: 
         accelerator.state.deepspeed_plugin.deepspeed_config["checkpoint"] = {"load_universal": True}
 
 
-def load_checkpoint(accelerator: Any, model: Any, path: Path, marker: dict[str, Any], state: Any, *,
+def load_checkpoint(accelerator: Any, model: Any, path: Path, marker: dict[str, Any], custom: list[Any], *,
                     deepspeed: bool, seed: int, scratch: Path) -> str | None:
     """Restore everything from ``path``. Returns what could not be carried over (None: exact).
-    ``scratch``: where a universal checkpoint may be converted to (the run's checkpoint folder)."""
+    ``custom``: the objects registered for checkpointing, in registration order (the train state,
+    then the identity-text memory where there is one). ``scratch``: where a universal checkpoint may
+    be converted to (the run's checkpoint folder)."""
     if not elastic(accelerator, marker):
         _guarded(path, lambda: accelerator.load_state(str(path)))
         restore_rng(path, accelerator.process_index)
         return None
     if deepspeed:
-        _load_universal(accelerator, model, path, marker, state, Path(scratch) / f".universal-{path.name}")
+        _load_universal(accelerator, model, path, marker, custom, Path(scratch) / f".universal-{path.name}")
     else:
         _guarded(path, lambda: accelerator.load_state(str(path)))
     set_seed(sample_seed(seed, int(marker["step"]), accelerator.process_index) % 2**32)
@@ -98,7 +100,7 @@ def _guarded(path: Path, load_fn: Any) -> None:
         raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)})") from exc
 
 
-def _load_universal(accelerator: Any, engine: Any, path: Path, marker: dict[str, Any], state: Any, work: Path) -> None:
+def _load_universal(accelerator: Any, engine: Any, path: Path, marker: dict[str, Any], custom: list[Any], work: Path) -> None:
     problem = from_main(accelerator, _convert(path, work, marker) if accelerator.is_main_process else None)
     if problem:
         raise CheckpointError(problem)
@@ -109,7 +111,8 @@ def _load_universal(accelerator: Any, engine: Any, path: Path, marker: dict[str,
             raise CheckpointError(f"{work}: DeepSpeed found no universal checkpoint to load")
         _repair_groups(engine.optimizer, groups)
         _restore_buffers(engine.module, path)
-        load_custom_state(state, str(path), 0)
+        for index, obj in enumerate(custom):
+            load_custom_state(obj, str(path), index)
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001

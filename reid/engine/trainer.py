@@ -80,9 +80,10 @@ class _Trainer:
             ctx.model, cfg.optim, fused=accelerator.device.type == "cuda", cpu_offload=optimizer_offloaded(accelerator)
         )
         self.model, self.optimizer = accelerator.prepare(ctx.model, optimizer)
-        accelerator.register_for_checkpointing(self.state)
+        self.custom_state = [self.state]  # checkpointed beside the model and optimizer, in this order
         if getattr(ctx.criterion, "memory", None) is not None:  # the identity-text memory resumes too
-            accelerator.register_for_checkpointing(ctx.criterion.memory)
+            self.custom_state.append(ctx.criterion.memory)
+        accelerator.register_for_checkpointing(*self.custom_state)
         self.deepspeed = is_deepspeed(accelerator)
         self.writer = RunWriter(ctx.run_dir, enabled=accelerator.is_main_process)
         self.meters = Meters()
@@ -128,7 +129,7 @@ class _Trainer:
             return
         path, marker = start
         check_compatible(path, marker, self.raw_model, self.backend)
-        not_kept = load_checkpoint(self.accelerator, self.model, path, marker, self.state, deepspeed=self.deepspeed,
+        not_kept = load_checkpoint(self.accelerator, self.model, path, marker, self.custom_state, deepspeed=self.deepspeed,
                                    seed=self.cfg.train.seed, scratch=self.ctx.run_dir / "checkpoints")
         if path.parent == self.ctx.run_dir / "checkpoints":
             self.saved_step = self.state.step  # this step is saved already
