@@ -31,7 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "ablation.md"
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
-RERANK_TOPK = 10
 W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
@@ -43,7 +42,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "seed_info_nce": (["disentangle.info_nce.same_person=negative"], "the seed's InfoNCE (same-person keys as negatives)"),
     "decouple_seed": (["disentangle.decouple.form=seed"], "seed-form (projector \\|cos\\|) `decouple`"),
     "grl_cloth_branch": (["disentangle.grl=cloth_branch"], "GRL on the whole cloth branch (the seed)"),
-    "fusion": ([f"{W}.fusion_match=0.5"], "+ `fusion_match` 0.5 (the re-ranking head), re-ranking the top 10"),
+    "fusion": ([f"{W}.fusion_match=0.5"], "+ `fusion_match` 0.5 (trains the fusion head; nothing ranks with it)"),
     "similar_batches": (["data.sampler=similar"], "P x K batches of people with similar identity descriptions"),
 }
 LAUNCH = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -70,8 +69,7 @@ def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool) 
         print(f"{name}: trained in {time.time() - start:.0f} s", flush=True)
     result = out / "eval" / f"{name}.json"
     if reevaluate or not result.is_file():
-        extra = ["--rerank-topk", str(RERANK_TOPK)] if variant == "fusion" else []
-        accelerate(["launch/evaluate.py", "--checkpoint", str(best), "--split", "test", "--json", str(result), *extra],
+        accelerate(["launch/evaluate.py", "--checkpoint", str(best), "--split", "test", "--json", str(result)],
                    out / "logs" / f"{name}.eval.log")
     report = json.loads(result.read_text())
     seconds = out / "runs" / name / "train_seconds.txt"
@@ -137,19 +135,6 @@ def _probe_columns() -> list:
     return [(label, lambda r, key=key: _get(r, "disentangle", "probes", key, "accuracy")) for label, key in PROBES]
 
 
-def _rerank_table(reports: list[dict]) -> list[str]:
-    lines = ["| protocol | mode | R1 | mAP | R1 re-ranked | mAP re-ranked |", "|---|---|---|---|---|---|"]
-    for protocol in (STD, CC):
-        for mode in ("clothing_invariant", "standard"):
-            again = [_get(r, "retrieval", protocol, f"{mode}+rerank", m) for r in reports for m in ("R1", "mAP")]
-            if all(v is None for v in again):
-                continue
-            plain = [_get(r, "retrieval", protocol, mode, m) for r in reports for m in ("R1", "mAP")]
-            lines.append(f"| {protocol} | {mode} | {_cell(plain[0::2])} | {_cell(plain[1::2])} | "
-                         f"{_cell(again[0::2])} | {_cell(again[1::2])} |")
-    return lines
-
-
 def _oracle_line(results: dict[str, list[dict]]) -> str:
     reports = [r for rs in results.values() for r in rs]
     cc = _cell([_get(r, "retrieval", CC, "oracle", "R1") for r in reports])
@@ -175,8 +160,6 @@ def write_tables(results: dict[str, list[dict]], command: str, config: Path) -> 
     lines += _table(results, RETRIEVAL)
     lines += ["", f"Linear probes on the test images (fit on the train images; chance: {chance}):", ""]
     lines += _table(results, _probe_columns())
-    if "fusion" in results:
-        lines += ["", f"Fusion re-ranking (variant `fusion`, top {RERANK_TOPK}):", ""] + _rerank_table(results["fusion"])
     lines += ["", "Variants: " + "; ".join(f"`{v}` = {VARIANTS[v][1]} (`{' '.join(VARIANTS[v][0]) or 'no overrides'}`)"
                                           for v in results), "", END]
     text = DOC.read_text() if DOC.is_file() else f"# Ablation\n\n{START}\n{END}\n"

@@ -19,7 +19,8 @@ data cache and installed wheels go to ``--work`` (a new temporary folder by defa
   zero2       a short 1-GPU DeepSpeed ZeRO-2 run of the default
   clip        the CLIP config on generated data, when ``configs/cuhk_pedes_clip.yaml`` exists
   metrics     ``bench/metrics_speed.py`` at CUHK-PEDES and ICFG-PEDES sizes
-  eval        ``bench/eval_speed.py`` (fusion re-ranking, clothing-change protocol)
+  eval        ``bench/eval_speed.py``: ranking under the standard and clothing-change protocols, at
+              CUHK-PEDES and ICFG-PEDES sizes
 
 ``--dry-run`` makes every stage tiny and puts it on the CPU, so that the real run does not fail on
 a typo; the test suite runs it.
@@ -92,7 +93,7 @@ def stage_commands(name: str, args, out: Path) -> list[list[str]] | str:
                 + ([] if dry else ["--icfg"])]
     if name == "eval":
         return [[py, str(REPO / "bench" / "eval_speed.py"), "--device", "cpu" if dry else "cuda",
-                 "--repeat", "1" if dry else "3"]]
+                 "--repeat", "1" if dry else "3"] + ([] if dry else ["--icfg"])]
     raise ValueError(name)
 
 

@@ -1,7 +1,7 @@
 """Evaluate an exported reid model on a split, across every launched process.
 
     accelerate launch launch/evaluate.py --checkpoint runs/<run>/best [--split val|test]
-        [--data-root DIR --dataset cuhk_pedes|icfg_pedes|rstpreid] [--rerank-topk K] [--json OUT]
+        [--data-root DIR --dataset cuhk_pedes|icfg_pedes|rstpreid] [--json OUT]
         [key=value ...]
 
 Without ``--data-root`` the model is evaluated on the data it was trained on (its config's
@@ -21,7 +21,6 @@ from reid.engine.accel import build_accelerator
 from reid.errors import report_user_errors
 from reid.evaluation import evaluate_split, format_report
 from reid.export import load_exported
-from reid.rerank import check_rerank
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,8 +29,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("val", "test"), default="test", help="default: %(default)s")
     parser.add_argument("--data-root", default=None, help="dataset directory (default: the model's training data)")
     parser.add_argument("--dataset", default=None, help="annotation format of --data-root (cuhk_pedes, icfg_pedes, rstpreid)")
-    parser.add_argument("--rerank-topk", type=int, default=None,
-                        help="re-score each query's top k with the fusion head (default: the model's eval.rerank_topk)")
     parser.add_argument("--no-probes", action="store_true", help="skip the leakage probes (they encode the train split)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the model's config, e.g. eval.batch_size=256")
@@ -45,15 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
     overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
-    overrides += [f"eval.rerank_topk={args.rerank_topk}"] if args.rerank_topk is not None else []
     if overrides:
         cfg = load_config(args.checkpoint / "config.yaml", overrides)
-    check_rerank(cfg.eval, cfg.disentangle.loss_weights)
     accelerator = build_accelerator(cfg)
     # No prepare(): evaluation needs no gradient sync, and every process holds the whole model.
     model = model.to(accelerator.device)
-    report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split=args.split,
-                            rerank_topk=cfg.eval.rerank_topk, probes=not args.no_probes)
+    report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split=args.split, probes=not args.no_probes)
     if accelerator.is_main_process:
         report["checkpoint"] = str(args.checkpoint.resolve())
         print(format_report(report), flush=True)

@@ -12,7 +12,7 @@
 
 Entry points: :func:`evaluate` — what the trainer runs on val (a flat dict keyed
 ``<protocol>/<mode>/<metric>``); :func:`evaluate_split` — what ``launch/evaluate.py`` runs on an
-exported model (+ re-ranking, leakage probes, timings); :func:`retrieval_metrics` — R@k / mAP /
+exported model (+ leakage probes, timings); :func:`retrieval_metrics` — R@k / mAP /
 mINP under a protocol from embeddings, without the full (Q, G) matrix. Encoding across processes
 is :mod:`reid.encoding`.
 """
@@ -30,7 +30,6 @@ from torch import Tensor
 
 from reid.encoding import encode_gallery, encode_queries
 from reid.metrics import rank_from_embeddings
-from reid.rerank import Reranked, rerank, reranked_similarity
 from reid.retrieval import MODES, mode_embeddings, query_fields, standard_form
 
 KS = (1, 5, 10)
@@ -74,18 +73,16 @@ def retrieval_metrics(
     *,
     query_groups: Optional[Tensor] = None,
     gallery_groups: Optional[Tensor] = None,
-    reranked: Optional[Reranked] = None,
     chunk_size: int = 1024,
 ) -> dict[str, float]:
     """R1/R5/R10/mAP/mINP (percent) and ``num_skipped`` (queries without a hit), as
     :func:`reid.metrics.rank`, chunk by chunk over queries.
 
     With ``query_groups`` (Q,) / ``gallery_groups`` (G,), the gallery items of a query's own group
-    are removed from its gallery (clothing-change: the group is the outfit). With ``reranked``, each
-    query's candidates come first, in fusion-score order. Without either this is exactly
-    :func:`reid.metrics.rank_from_embeddings`.
+    are removed from its gallery (clothing-change: the group is the outfit). Without groups this is
+    exactly :func:`reid.metrics.rank_from_embeddings`.
     """
-    if query_groups is None and reranked is None:
+    if query_groups is None:
         return rank_from_embeddings(query_embeds, gallery_embeds, query_pids, gallery_pids, KS, chunk_size)
     device = gallery_embeds.device
     query_embeds, query_pids, gallery_pids = query_embeds.to(device), query_pids.to(device), gallery_pids.to(device)
@@ -95,11 +92,7 @@ def retrieval_metrics(
     for start in range(0, len(query_embeds), chunk_size):
         rows = slice(start, start + chunk_size)
         sim = query_embeds[rows] @ gallery_embeds.T  # (c, G)
-        if reranked is not None:
-            sim = reranked_similarity(sim, reranked.indices[rows].to(device), reranked.scores[rows].to(device))
-        removed = None
-        if query_groups is not None:
-            removed = query_groups[rows].to(device)[:, None] == gallery_groups.to(device)[None]  # (c, G)
+        removed = query_groups[rows].to(device)[:, None] == gallery_groups.to(device)[None]  # (c, G)
         at_k, ap[rows], inp[rows], valid = _protocol_stats(sim, query_pids[rows], gallery_pids, removed, KS)
         hit_at_k += at_k.sum(0)  # queries without a hit add 0 everywhere
         num_valid += valid.sum()
@@ -182,32 +175,24 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def rerankable(mode: str, form: str) -> bool:
-    """The fusion head scores (image identity embedding, one text embedding) pairs: the
-    clothing-invariant mode and the ``full`` standard mode; a composed score has two texts."""
-    return mode == "clothing_invariant" or form == "full"
-
-
 @dataclass
 class Retrieval:
     """Every (protocol, mode) row of one evaluation, and what was encoded."""
 
-    rows: dict[tuple[str, str], dict[str, float]]  # (protocol, mode or mode+rerank) -> metrics
+    rows: dict[tuple[str, str], dict[str, float]]  # (protocol, mode or oracle) -> metrics
     gallery: dict[str, Tensor]  # the image dispatch's outputs
     gallery_pids: Tensor
     form: str  # the standard mode's form: composed | full
     seconds: dict[str, float]
-    rerank_pairs: int = 0
 
 
 @torch.no_grad()
 def run_retrieval(
     model: torch.nn.Module, eval_data: Any, accelerator: Any, *, truth: Optional[SplitTruth] = None,
-    standard: str = "composed", chunk_size: int = 1024, rerank_topk: int = 0,
+    standard: str = "composed", chunk_size: int = 1024,
 ) -> Retrieval:
-    """Encode the split once (collective), then score both modes under every available protocol
-    (+ fusion re-ranking of the modes it applies to when ``rerank_topk`` > 0)."""
-    seconds = {"encode": 0.0, "rank": 0.0, "rerank": 0.0}
+    """Encode the split once (collective), then score both modes under every available protocol."""
+    seconds = {"encode": 0.0, "rank": 0.0}
     with _eval_mode(model):
         start = time.perf_counter()
         gallery, g_pids = encode_gallery(model, eval_data.gallery_loader, accelerator, len(eval_data.gallery))
@@ -223,13 +208,6 @@ def run_retrieval(
                 start = time.perf_counter()
                 result.rows[protocol, mode] = retrieval_metrics(q, g, q_pids, g_pids, **options)
                 seconds["rank"] += time.perf_counter() - start
-                if rerank_topk and rerankable(mode, form):
-                    start = time.perf_counter()
-                    reranked = rerank(model, q, g, rerank_topk, accelerator, **options)
-                    result.rows[protocol, f"{mode}+rerank"] = retrieval_metrics(
-                        q, g, q_pids, g_pids, reranked=reranked, **options)
-                    seconds["rerank"] += time.perf_counter() - start
-                    result.rerank_pairs += reranked.indices.numel()
             if truth is not None and truth.oracle is not None:
                 result.rows[protocol, ORACLE] = truth.oracle[protocol]
     return result
@@ -242,18 +220,17 @@ def flat_metrics(rows: dict[tuple[str, str], dict[str, float]]) -> dict[str, flo
 
 def evaluate(
     model: torch.nn.Module, eval_data: Any, accelerator: Any, *, truth: Optional[SplitTruth] = None,
-    standard: str = "composed", chunk_size: int = 1024, rerank_topk: int = 0,
+    standard: str = "composed", chunk_size: int = 1024,
 ) -> dict[str, float]:
     """What the trainer runs on val: :func:`flat_metrics` of :func:`run_retrieval` (collective)."""
     result = run_retrieval(model, eval_data, accelerator, truth=truth, standard=standard,
-                           chunk_size=chunk_size, rerank_topk=rerank_topk)
+                           chunk_size=chunk_size)
     return flat_metrics(result.rows)
 
 
 def selection_keys() -> list[str]:
     """The values ``eval.select`` may name."""
-    modes = list(MODES) + [f"{m}+rerank" for m in MODES]
-    return [f"{p}/{m}/{n}" for p in PROTOCOLS for m in modes for n in METRICS]
+    return [f"{p}/{m}/{n}" for p in PROTOCOLS for m in MODES for n in METRICS]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,10 +241,10 @@ def selection_keys() -> list[str]:
 @torch.no_grad()
 def evaluate_split(
     model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accelerator: Any, *,
-    split: str, rerank_topk: int = 0, probes: bool = True,
+    split: str, probes: bool = True,
 ) -> dict[str, Any]:
     """Everything measurable on ``split`` (collective): both modes under both protocols, the
-    oracle, re-ranking, the leakage probes, timings. Returns a JSON-able dict, the same on every
+    oracle, the leakage probes, timings. Returns a JSON-able dict, the same on every
     process."""
     from reid.data import build_eval_data, prepare_root
 
@@ -279,7 +256,7 @@ def evaluate_split(
                                pixel_mean=meta.get("pixel_mean"), pixel_std=meta.get("pixel_std"))
     truth = split_truth(root, data.gallery, data.queries, notes)
     result = run_retrieval(model, data, accelerator, truth=truth, standard=cfg.eval.standard,
-                           chunk_size=cfg.eval.chunk_size, rerank_topk=rerank_topk)
+                           chunk_size=cfg.eval.chunk_size)
     report: dict[str, Any] = {
         "dataset": cfg.data.dataset, "root": str(root), "split": split, "num_gallery": len(data.gallery),
         "num_queries": len(data.queries), "num_processes": accelerator.num_processes,
@@ -287,8 +264,6 @@ def evaluate_split(
     }
     for (protocol, mode), metrics in result.rows.items():
         report["retrieval"].setdefault(protocol, {})[mode] = dict(metrics)
-    if rerank_topk:
-        report["rerank"] = {"topk": rerank_topk, "pairs": result.rerank_pairs}
     gallery = result.gallery
     report["disentangle"] = {}
     if "cloth_embeds" not in gallery:
@@ -328,8 +303,7 @@ def _probes(model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accele
 def _mode_label(mode: str) -> str:
     if mode == ORACLE:
         return "attribute oracle"
-    base, _, extra = mode.partition("+")
-    return MODES[base] + (f" +{extra}" if extra else "")
+    return MODES[mode]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -360,10 +334,6 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
     sec = report["seconds"]
     timing = f"time: encode {sec['encode']:.2f} s, rank {sec['rank']:.3f} s"
-    if report.get("rerank"):
-        rr = report["rerank"]
-        per_query = 1000 * sec["rerank"] / max(1, rr["pairs"] // max(1, rr["topk"]))
-        timing += f", re-rank@{rr['topk']} {sec['rerank']:.3f} s ({per_query:.2f} ms/query)"
     if "probes" in sec:
         timing += f", probes {sec['probes']:.2f} s"
     lines.append(timing)

@@ -2,7 +2,7 @@
 
     reid-search --checkpoint runs/<run>/best --gallery DIR|synthetic --query "a woman in a red coat"
         [--mode standard|clothing-invariant] [--top-k 10] [--out results.png] [--split test] [--pid PID]
-        [--rerank-topk K] [--cache-dir DIR]
+        [--cache-dir DIR]
 
 ``--mode standard`` compares the whole description (its identity part with the images' identity
 embeddings plus its clothing part with their clothing embeddings); ``--mode clothing-invariant``
@@ -37,7 +37,6 @@ from safetensors.torch import load_file, save_file
 
 from reid.data import keys
 from reid.errors import DataError, ReidError, report_user_errors
-from reid.evaluation import rerankable
 from reid.retrieval import standard_form
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -246,25 +245,14 @@ class Hit:
     path: Path
     score: float  # the mode's score: a cosine, or the sum of two for the composed standard score
     pid: Optional[int]  # the image's person, in a labelled gallery
-    match: Optional[float] = None  # fusion-head logit, for re-ranked candidates
 
 
-def rank_gallery(model: torch.nn.Module, query: torch.Tensor, embeds: torch.Tensor, top_k: int, rerank_topk: int = 0) -> list[tuple[int, float, Optional[float]]]:
-    """(row of ``embeds``, cosine, fusion logit or None) of the best ``top_k``; with ``rerank_topk``
-    the first ``rerank_topk`` are re-ordered by the fusion head."""
+def rank_gallery(query: torch.Tensor, embeds: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
+    """(row of ``embeds``, score) of the best ``top_k``, best first."""
     from reid.metrics import topk_indices
-    from reid.rerank import score_pairs
 
-    depth = max(top_k, rerank_topk)
-    scores, order = topk_indices(query[None], embeds, depth)  # (1, depth)
-    rows = [(int(i), float(s), None) for i, s in zip(order[0], scores[0])]
-    if rerank_topk:
-        head = rows[:rerank_topk]
-        picked = embeds[torch.tensor([r[0] for r in head], device=embeds.device)]  # (k, E)
-        logits = score_pairs(model, picked, query[None].expand(len(head), -1), None).tolist()
-        best = sorted(range(len(head)), key=lambda j: -logits[j])  # stable: ties keep the cosine order
-        rows[: len(head)] = [(head[j][0], head[j][1], logits[j]) for j in best]
-    return rows[:top_k]
+    scores, order = topk_indices(query[None], embeds, top_k)  # (1, top_k)
+    return [(int(i), float(s)) for i, s in zip(order[0], scores[0])]
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -279,7 +267,6 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("standard", "clothing-invariant"), default="standard",
                         help="standard: the whole description (identity and clothing); clothing-invariant: only "
                              "the identity part, against the images' identity embeddings (default: %(default)s)")
-    parser.add_argument("--rerank-topk", type=int, default=None, help="re-order the top k with the fusion head (default: the model's eval.rerank_topk)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="gallery embedding cache (default: $REID_CACHE or ~/.cache/reid)")
     return parser.parse_args(argv)
 
@@ -291,13 +278,12 @@ class SearchResult:
     hits: list[Hit]
     num_searched: int  # readable gallery images
     from_cache: bool  # gallery embeddings came from the cache
-    rerank_topk: int  # what was re-ranked (0 when the mode cannot be)
     warnings: list[str]
 
 
 def search(
     checkpoint: str | Path, gallery: str, query: str, *, mode: str = "standard", top_k: int = 10,
-    split: str = "test", rerank_topk: Optional[int] = None, cache_dir: Optional[Path] = None,
+    split: str = "test", cache_dir: Optional[Path] = None,
     device: Optional[torch.device] = None,
 ) -> SearchResult:
     """The Python API: rank the images of ``gallery`` (a folder, a dataset root or ``synthetic``)
@@ -311,14 +297,11 @@ def search(
         raise SearchError(f"mode {mode!r}: use standard or clothing-invariant")
     if not query.strip():  # before loading anything
         raise SearchError("the query is empty: describe the person, e.g. --query \"a woman in a red coat and black trousers\"")
-    if top_k < 1 or (rerank_topk or 0) < 0:
-        raise SearchError(f"--top-k must be >= 1 and --rerank-topk >= 0, got {top_k} and {rerank_topk}")
+    if top_k < 1:
+        raise SearchError(f"--top-k must be >= 1, got {top_k}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = Path(checkpoint)
     model, tokenizer, cfg, meta = load_exported(checkpoint, device)
-    rerank_topk = cfg.eval.rerank_topk if rerank_topk is None else rerank_topk
-    if rerank_topk and model.fusion is None:
-        raise SearchError(f"{checkpoint}: --rerank-topk needs a fusion head, and this model was trained with fusion_match = 0")
     where = resolve_gallery(gallery, cfg.data, split)
     embeds, kept, errors, cached = cached_gallery_embeds(model, checkpoint, where, meta, cache_dir or default_cache_dir(), device)
     warnings = []
@@ -327,16 +310,12 @@ def search(
     if not kept:
         raise SearchError(f"{where.root}: none of the {len(where.paths)} gallery images could be read")
     form = standard_form(cfg.eval.standard, embeds)
-    if rerank_topk and not rerankable(mode, form):
-        warnings.append("--rerank-topk ignored: the fusion head scores one text per image, and the standard "
-                        "mode's composed score has two (use --mode clothing-invariant)")
-        rerank_topk = 0
     encoded = encode_query(model, tokenizer, query, cfg.data.text_max_length, device, mode, form)
     if encoded.unknown:
         warnings.append(f"words the model does not know (ignored): {', '.join(encoded.unknown)}")
-    rows = rank_gallery(model, encoded.vector.to(device), gallery_matrix(embeds, mode, form).to(device), top_k, rerank_topk)
-    hits = [Hit(where.paths[kept[i]], score, where.pids[kept[i]] if where.pids else None, match) for i, score, match in rows]
-    return SearchResult(encoded, where, hits, len(kept), cached, rerank_topk, warnings)
+    rows = rank_gallery(encoded.vector.to(device), gallery_matrix(embeds, mode, form).to(device), top_k)
+    hits = [Hit(where.paths[kept[i]], score, where.pids[kept[i]] if where.pids else None) for i, score in rows]
+    return SearchResult(encoded, where, hits, len(kept), cached, warnings)
 
 
 @report_user_errors
@@ -346,16 +325,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = parse_args(argv)
     result = search(args.checkpoint, args.gallery, args.query, mode=args.mode, top_k=args.top_k, split=args.split,
-                    rerank_topk=args.rerank_topk, cache_dir=args.cache_dir)
+                    cache_dir=args.cache_dir)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    gallery, hits, rerank_topk = result.gallery, result.hits, result.rerank_topk
+    gallery, hits = result.gallery, result.hits
     pid = _query_pid(args, gallery)
-    _print(args.query, result.query, gallery, hits, pid, result.from_cache, rerank_topk)
-    tiles = [Tile(h.path, r, h.score, _name(h.path, gallery.root), None if pid is None else h.pid == pid, h.match)
+    _print(args.query, result.query, gallery, hits, pid, result.from_cache)
+    tiles = [Tile(h.path, r, h.score, _name(h.path, gallery.root), None if pid is None else h.pid == pid)
              for r, h in enumerate(hits, start=1)]
     notes = [f"top {len(hits)} of {result.num_searched} {gallery.description} · {args.mode} mode",
-             f"model {args.checkpoint}" + (f" · top {rerank_topk} re-ordered by the fusion head" if rerank_topk else "")]
+             f"model {args.checkpoint}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     render_grid(args.query.strip(), tiles, notes, pid).save(args.out)
     print(f"wrote {args.out}")
@@ -377,8 +356,7 @@ def _name(path: Path, root: Path) -> str:
         return path.name
 
 
-def _print(text: str, query: Query, gallery: Gallery, hits: list[Hit], pid: Optional[int], cached: bool,
-           rerank_topk: int) -> None:
+def _print(text: str, query: Query, gallery: Gallery, hits: list[Hit], pid: Optional[int], cached: bool) -> None:
     who = f" (person {pid})" if pid is not None else ""
     print(f"query: {text.strip()!r}{who}")
     if query.mode == "clothing_invariant":
@@ -388,11 +366,10 @@ def _print(text: str, query: Query, gallery: Gallery, hits: list[Hit], pid: Opti
     else:
         print("mode: standard, the whole caption")
     print(f"gallery: {len(gallery.paths)} {gallery.description}" + (" (embeddings from cache)" if cached else ""))
-    print(f"{'rank':>4}  {'score':>6}" + ("  match" if rerank_topk else "") + "  path")
+    print(f"{'rank':>4}  {'score':>6}  path")
     for r, h in enumerate(hits, start=1):
-        match = "" if not rerank_topk else (f"  {h.match:5.2f}" if h.match is not None else "       ")
         label = "" if h.pid is None else f"  [person {h.pid}" + ("" if pid is None else (", hit" if h.pid == pid else "")) + "]"
-        print(f"{r:>4}  {h.score:6.3f}{match}  {h.path}{label}")
+        print(f"{r:>4}  {h.score:6.3f}  {h.path}{label}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ class Tile:
     score: float  # the mode's score: a cosine, or the sum of two (composed standard mode)
     name: str  # shown under the image (file name relative to the gallery)
     hit: Optional[bool]  # same person as the query; None when unknown
-    match: Optional[float] = None  # fusion-head logit when the tile was re-ranked
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -83,7 +82,7 @@ def _tile(canvas: Image.Image, draw: ImageDraw.ImageDraw, tile: Tile, x0: int, y
     canvas.paste(_fit(_load(tile.path)), (x0 + FRAME, y0 + FRAME))
     y = box[3] + 5
     draw.text((x0, y), f"#{tile.rank}", fill=INK, font=label)
-    score = f"{tile.score:.3f}" if tile.match is None else f"fusion {tile.match:+.2f}"
+    score = f"{tile.score:.3f}"
     draw.text((box[2] + 1 - draw.textlength(score, font=label), y), score, fill=INK if tile.hit is None else colour, font=label)
     draw.text((x0, y + 21), _shorten(draw, tile.name, small, box[2] - x0), fill=MUTED, font=small)
 

@@ -107,3 +107,13 @@ def test_a_retired_key_is_dropped_with_one_warning(tmp_path: Path, capsys) -> No
     assert cfg.eval.batch_size == 7
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: eval.query is no longer a setting and is ignored")
+
+
+def test_eval_rerank_topk_is_retired_and_says_why(capsys) -> None:
+    cfg = load_config(None, ["eval.rerank_topk=10"])
+    assert not hasattr(cfg.eval, "rerank_topk")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: eval.rerank_topk is no longer a setting and is ignored")
+    assert "lowered R1" in err[0]
+    with pytest.raises(ConfigError, match="eval.select"):  # the re-ranked rows are gone too
+        load_config(None, ["eval.select=standard/clothing_invariant+rerank/R1"])

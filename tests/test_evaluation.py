@@ -13,8 +13,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from reid.config import EvalConfig, LossWeights, load_config
-from reid.errors import ConfigError
+from reid.config import load_config
 from reid.data import build_eval_data, build_tokenizer, keys
 from reid.disentangle_eval import cross_outfit_probe, linear_probe, load_factors, mean_abs_cos, outfit_folds
 from reid.encoding import encode_gallery, encode_queries
@@ -22,21 +21,16 @@ from reid.evaluation import METRICS, evaluate, evaluate_split, format_report, re
 from reid.export import load_exported
 from reid.metrics import rank_from_embeddings
 from reid.model.model import PAIR_IMAGE_EMBEDS, PAIR_TEXT_EMBEDS
-from reid.rerank import Reranked, check_rerank
 from tests.conftest import REPO, run_launch
 from tests.export_fixtures import make_export
 
 
-def brute_force(sim, qp, gp, q_groups=None, g_groups=None, cand=None, cand_scores=None) -> dict:
-    """Per query, in plain Python: drop the query's group, order (re-ranked candidates first), score."""
+def brute_force(sim, qp, gp, q_groups=None, g_groups=None) -> dict:
+    """Per query, in plain Python: drop the query's group, order, score."""
     sums, valid = dict.fromkeys(METRICS, 0.0), 0
     for i in range(sim.shape[0]):
         allowed = [j for j in range(sim.shape[1]) if q_groups is None or g_groups[j] != q_groups[i]]
         order = sorted(allowed, key=lambda j: (-float(sim[i, j]), j))
-        if cand is not None:
-            mine = [(j, -float(s), slot) for slot, (j, s) in enumerate(zip(cand[i].tolist(), cand_scores[i])) if j in allowed]
-            head = [j for j, _, _ in sorted(mine, key=lambda t: (t[1], t[2]))]
-            order = head + [j for j in order if j not in head]
         hits = [int(gp[j]) == int(qp[i]) for j in order]
         if not any(hits):
             continue
@@ -64,18 +58,11 @@ def random_problem(seed: int, num_q: int = 23, num_g: int = 31, dim: int = 8):
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 1000])
 @pytest.mark.parametrize("grouped", [False, True])
-@pytest.mark.parametrize("reranked", [False, True])
-def test_protocol_metrics_match_brute_force(chunk_size: int, grouped: bool, reranked: bool) -> None:
-    q, gal, qp, gp, q_groups, g_groups = random_problem(seed=chunk_size + 10 * grouped + 100 * reranked)
+def test_protocol_metrics_match_brute_force(chunk_size: int, grouped: bool) -> None:
+    q, gal, qp, gp, q_groups, g_groups = random_problem(seed=chunk_size + 10 * grouped)
     groups = dict(query_groups=q_groups, gallery_groups=g_groups) if grouped else {}
-    rr = None
-    if reranked:  # any distinct candidates, some of them removed by the protocol; tied scores too
-        gen = torch.Generator().manual_seed(7)
-        cand = torch.stack([torch.randperm(len(gal), generator=gen)[:6] for _ in range(len(q))])
-        rr = Reranked(cand, torch.randint(0, 3, cand.shape, generator=gen).double())
-    ours = retrieval_metrics(q, gal, qp, gp, reranked=rr, chunk_size=chunk_size, **groups)
-    ref = brute_force(q @ gal.T, qp, gp, q_groups if grouped else None, g_groups if grouped else None,
-                      rr.indices if rr else None, rr.scores.tolist() if rr else None)
+    ours = retrieval_metrics(q, gal, qp, gp, chunk_size=chunk_size, **groups)
+    ref = brute_force(q @ gal.T, qp, gp, q_groups if grouped else None, g_groups if grouped else None)
     assert ours["num_skipped"] == ref["num_skipped"] > 0
     for name in METRICS:
         assert ours[name] == pytest.approx(ref[name], abs=1e-5), name  # metrics.py sums AP in float32
@@ -146,14 +133,6 @@ def test_mean_abs_cos() -> None:
     assert mean_abs_cos(a, b) == pytest.approx(1 / 3)
 
 
-def test_rerank_needs_a_fusion_head_and_a_sane_k() -> None:
-    with pytest.raises(ConfigError, match="fusion_match"):
-        check_rerank(EvalConfig(rerank_topk=5), LossWeights())
-    check_rerank(EvalConfig(rerank_topk=5), LossWeights(fusion_match=0.5))
-    with pytest.raises(ConfigError, match="eval.rerank_topk"):
-        load_config(None, ["eval.rerank_topk=-1"])
-
-
 # --------------------------------------------------------------------------------------------------
 # On a tiny exported model
 # --------------------------------------------------------------------------------------------------
@@ -167,29 +146,25 @@ def export(synth_root: Path, tmp_path_factory) -> Path:
 def test_evaluate_split_reports_every_protocol_and_matches_the_trainer(export: Path) -> None:
     model, tokenizer, cfg, meta = load_exported(export)
     accelerator = Accelerator(cpu=True)
-    report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split="val", rerank_topk=3)
+    report = evaluate_split(model, cfg, tokenizer, meta, accelerator, split="val")
     assert report["notes"] == [] and report["standard_form"] == "composed"
     assert set(report["retrieval"]) == {"standard", "clothing_change"}
-    # composed standard scores are not re-ranked (the fusion head reads one text per image)
-    modes = {"standard", "clothing_invariant", "clothing_invariant+rerank", "oracle"}
+    modes = {"standard", "clothing_invariant", "oracle"}
     assert all(set(by_mode) == modes for by_mode in report["retrieval"].values())
-    assert report["rerank"] == {"topk": 3, "pairs": 2 * 3 * report["num_queries"]}
     probes = report["disentangle"]["probes"]
     assert set(probes) == {f"{source}_to_{target}" for source in ("identity", "id", "cloth")
                            for target in ("upper_colour", "person")}  # identity factors: from 50 people on
     assert all(0 <= p["accuracy"] <= 100 and p["num_test"] > 0 for p in probes.values())
     data = build_eval_data(cfg.data, tokenizer, "val", batch_size=5, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
     truth = split_truth(Path(cfg.data.root), data.gallery, data.queries, [])
-    trainer = evaluate(model, data, accelerator, truth=truth, chunk_size=7, rerank_topk=3)
+    trainer = evaluate(model, data, accelerator, truth=truth, chunk_size=7)
     assert set(trainer) == {f"{p}/{m}/{n}" for p in report["retrieval"] for m in modes for n in METRICS}
     for (protocol, mode), name in itertools.product(itertools.product(report["retrieval"], modes), METRICS):
         assert trainer[f"{protocol}/{mode}/{name}"] == pytest.approx(report["retrieval"][protocol][mode][name], abs=1e-6)
-    for name in ("R5", "R10"):  # re-ranking the top 3 cannot change R@5 / R@10
-        assert trainer[f"standard/clothing_invariant+rerank/{name}"] == trainer[f"standard/clothing_invariant/{name}"]
     text = format_report(report)
     assert "clothing-change" in text and "attribute oracle" in text and "cloth -> person (leakage)" in text
     assert "identity -> upper colour (leakage)" in text
-    assert "re-rank@3" in text and "R1/oracle" in text
+    assert "R1/oracle" in text
     json.dumps(report)  # JSON-able
 
 
@@ -244,13 +219,13 @@ def test_launch_evaluate_counts_each_sample_once_on_two_processes(export: Path, 
     outs = {}
     for name, config in (("one", None), ("two", "cpu_ddp")):
         outs[name] = tmp_path / f"{name}.json"
-        proc = run_launch(["launch/evaluate.py", "--checkpoint", str(export), "--split", "val", "--rerank-topk", "3",
+        proc = run_launch(["launch/evaluate.py", "--checkpoint", str(export), "--split", "val",
                            "--json", str(outs[name])], accel_config=config, timeout=300)
         assert "clothing-change" in proc.stdout and "linear probe" in proc.stdout
     one, two = (json.loads(outs[n].read_text()) for n in ("one", "two"))
     assert two["num_processes"] == 2 and one["num_gallery"] == two["num_gallery"]
     for protocol in ("standard", "clothing_change"):
-        for mode in ("standard", "clothing_invariant", "clothing_invariant+rerank", "oracle"):
+        for mode in ("standard", "clothing_invariant", "oracle"):
             for name in METRICS:
                 assert one["retrieval"][protocol][mode][name] == pytest.approx(two["retrieval"][protocol][mode][name], abs=1e-4)
 

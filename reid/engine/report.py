@@ -43,7 +43,7 @@ def table(metrics: dict[str, float]) -> list[str]:
         r1, mean_ap = metrics[f"{protocol}/{mode}/R1"], metrics[f"{protocol}/{mode}/mAP"]
         oracle = metrics.get(f"{protocol}/oracle/R1")
         share = f"{100 * r1 / oracle:10.1f}%" if oracle and mode != "oracle" else ""
-        label = _MODES.get(mode.removesuffix("+rerank"), mode) + (" +rerank" if mode.endswith("+rerank") else "")
+        label = _MODES.get(mode, mode)
         lines.append(f"  {_PROTOCOLS[protocol]:<17}{label:<27}{r1:7.2f}{mean_ap:8.2f}{share}")
     return lines
 

@@ -18,7 +18,6 @@ from reid.evaluation import evaluate, split_truth
 from reid.export import export_model, pixel_stats
 from reid.losses import Criterion
 from reid.model import build_model
-from reid.rerank import check_rerank
 
 
 @dataclass
@@ -96,11 +95,9 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     def export(model_: torch.nn.Module, out: Path) -> Path:
         return export_model(accelerator, model_, out, cfg=cfg, tokenizer=tokenizer, meta=meta)
 
-    check_rerank(cfg.eval, cfg.disentangle.loss_weights)  # before training, not at the first evaluation
-
     def run_eval(model_: torch.nn.Module) -> dict[str, float]:
         return evaluate(model_, eval_data, accelerator, truth=truth, standard=cfg.eval.standard,
-                        chunk_size=cfg.eval.chunk_size, rerank_topk=cfg.eval.rerank_topk)
+                        chunk_size=cfg.eval.chunk_size)
 
     if cfg.eval.split == "test":
         if accelerator.is_main_process:

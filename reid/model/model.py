@@ -35,7 +35,7 @@ from reid.model.grl import grad_reverse
 from reid.model.norm import convert_sync_batchnorm
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")  # parameters trained at optim.lr
-# Retrieval-only batch keys: re-ranking scores aligned (image, text) embedding pairs through forward.
+# Retrieval-only batch keys: the fusion head's pair logit of aligned (image, text) embeddings through forward.
 PAIR_IMAGE_EMBEDS = "pair_image_embeds"
 PAIR_TEXT_EMBEDS = "pair_text_embeds"
 _TEXT_KEYS = {
@@ -203,7 +203,8 @@ class T2IReIDModel(nn.Module):
         return self._text_head(hidden[:, 0])  # [CLS], the seed's
 
     def match_scores(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
-        """Fusion-head matching logits ``(N,)`` of aligned pairs (row i with row i), for re-ranking."""
+        """The fusion head's pair logits ``(N,)`` of aligned pairs (row i with row i). The head is
+        trained when ``fusion_match`` > 0; no retrieval path ranks with it."""
         if self.fusion is None:
             raise ConfigError(
                 "disentangle.loss_weights.fusion_match: is 0 for this model, so it has no trained "
