@@ -179,6 +179,9 @@ class LossWeights:
     # not in the seed: an adversary behind the GRL matches identity features to clothing texts, so
     # the identity branch is pushed to carry no clothing (the mirror of cloth_adv)
     id_adv: float = 0.0
+    # not in the seed: the identity features predict which words of the global batch's identity
+    # texts their own identity text uses (multi-label, words from the captions: real data has them)
+    id_words: float = 0.0
 
     def validate(self, path: str) -> None:
         for f in dataclasses.fields(self):

@@ -220,8 +220,11 @@ def fake_outputs(b: int = 8, dim: int = 6, hidden: int = 5, classes: int = 4) ->
             "fusion_pos_logits": torch.randn(b, generator=g),
             "fusion_neg_logits": torch.randn(2 * b, generator=g),
             "fusion_neg_valid": torch.ones(2 * b, dtype=torch.bool),
-            "gate_image_weight": torch.rand(b, generator=g)}
-    batch = {K.PIDS: torch.arange(b) // 2, K.CLOTH_VALID: torch.ones(b, dtype=torch.bool)}
+            "gate_image_weight": torch.rand(b, generator=g),
+            "id_word_logits": torch.randn(b, 7, generator=g).requires_grad_()}
+    batch = {K.PIDS: torch.arange(b) // 2, K.CLOTH_VALID: torch.ones(b, dtype=torch.bool),
+             K.ID_INPUT_IDS: torch.randint(1, 7, (b, 4), generator=g),
+             K.ID_ATTENTION_MASK: torch.ones(b, 4, dtype=torch.long)}
     return out, batch
 
 
@@ -229,6 +232,7 @@ def _all_terms() -> DisentangleConfig:
     dcfg = DisentangleConfig()
     dcfg.loss_weights.fusion_match = 0.25
     dcfg.loss_weights.id_adv = 0.5
+    dcfg.loss_weights.id_words = 0.5
     return dcfg
 
 
@@ -347,3 +351,40 @@ def test_the_clothing_adversary_contrasts_with_detached_clothing_texts() -> None
     assert loss.item() == pytest.approx(T.cloth_contrastive(adversary, cloth, valid, 0.2).item(), abs=1e-12)
     loss.backward()
     assert cloth.grad is None and adversary.grad.abs().sum() > 0  # the texts are targets only
+
+
+def test_identity_words_hand_computed() -> None:
+    """Two texts over a 5-token vocabulary (0 = padding): row 0 = [1, 2, pad], row 1 = [2, 3, 3].
+    Words of the batch: {1, 2, 3}; token 4 is in neither text and token 0 is only padding."""
+    ids = torch.tensor([[1, 2, 0], [2, 3, 3]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    targets = T.word_targets(ids, mask, 5)
+    assert targets.tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0]]
+    logits = torch.tensor([[9.0, 2.0, 0.0, -1.0, 5.0], [9.0, -3.0, 1.0, 0.5, 5.0]])
+    columns = targets.amax(dim=0) > 0
+    assert columns.tolist() == [False, True, True, True, False]
+
+    def bce(z: float, y: float) -> float:
+        p = 1 / (1 + math.exp(-z))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    expected = (bce(2, 1) + bce(0, 1) + bce(-1, 0) + bce(-3, 0) + bce(1, 1) + bce(0.5, 1)) / 6
+    assert T.identity_words(logits, targets, columns).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_criterion_scores_id_words_over_the_batch_words_only() -> None:
+    """Columns of tokens no identity text in the batch uses do not count, whatever their logits."""
+    dcfg = DisentangleConfig()
+    for name in ("cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple"):
+        setattr(dcfg.loss_weights, name, 0.0)
+    dcfg.loss_weights.id_words = 1.0
+    out, batch = fake_outputs()
+    _, terms, _ = Criterion(dcfg)(out, batch)
+    batch[K.ID_INPUT_IDS] = batch[K.ID_INPUT_IDS].clamp(max=5)  # token 6 now unused
+    used = T.word_targets(batch[K.ID_INPUT_IDS], batch[K.ID_ATTENTION_MASK], 7).amax(dim=0) > 0
+    assert not used[6] and not used[0]
+    again = Criterion(dcfg)(out, batch)[1]["id_words"]
+    out["id_word_logits"] = out["id_word_logits"].detach().clone()
+    out["id_word_logits"][:, 6] = 100.0
+    assert Criterion(dcfg)(out, batch)[1]["id_words"].item() == pytest.approx(again.item(), rel=1e-6)
+    assert torch.isfinite(terms["id_words"])

@@ -48,6 +48,7 @@ def every_term(**overrides) -> DisentangleConfig:
     dcfg = DisentangleConfig(**overrides)
     dcfg.loss_weights.fusion_match = 0.5
     dcfg.loss_weights.id_adv = 0.5
+    dcfg.loss_weights.id_words = 0.5
     return dcfg
 
 

@@ -27,7 +27,8 @@ from reid.losses import terms as T
 from reid.losses.gather import gather_with_grad, rank, world_size
 from reid.losses.memory import IdentityMemory
 
-TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple", "fusion_match", "id_adv")
+TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple", "fusion_match", "id_adv",
+              "id_words")
 
 
 class _Batch:
@@ -136,6 +137,12 @@ class Criterion:
     def _id_adv(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         image, valid = v.all("id_adv_embeds"), v.all(keys.CLOTH_VALID)
         return T.clothing_adversary(image, v.all("cloth_text_embeds"), valid, v.tau, rows=v.rows)
+
+    def _id_words(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
+        logits = v.out["id_word_logits"]  # (b, V)
+        targets = T.word_targets(v.batch[keys.ID_INPUT_IDS], v.batch[keys.ID_ATTENTION_MASK], logits.shape[1])
+        used = gather_with_grad(targets.amax(dim=0, keepdim=True))  # (world, V): each process's words
+        return T.identity_words(logits, targets, used.amax(dim=0) > 0)
 
     def _fusion_match(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         out = v.out

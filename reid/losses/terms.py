@@ -11,6 +11,7 @@ cloth_match    :func:`pair_match` (pair) or :func:`cloth_match_seed` (seed)
 decouple       :func:`decouple_xcorr` (xcorr) or :func:`decouple_seed` (seed)
 fusion_match   :func:`fusion_match`          fusion_pos_logits, fusion_neg_logits, fusion_neg_valid
 id_adv         :func:`clothing_adversary`    id_adv_embeds (behind the GRL), cloth_text_embeds, cloth_valid
+id_words       :func:`identity_words`        id_word_logits, word_targets(id_input_ids), the batch's words
 
 Contrastive functions take the *global* batch (gathered across processes, or the local batch
 with one process) and an optional ``rows=(start, stop)``: the query rows this process owns. The
@@ -182,6 +183,25 @@ def clothing_adversary(
     without a clothing part take no part (as in ``cloth``).
     """
     return info_nce(adversary, cloth_text.detach(), temperature, valid=valid, rows=rows)
+
+
+def word_targets(input_ids: Tensor, attention_mask: Tensor, vocab_size: int) -> Tensor:
+    """(B, V) float: 1 where row i's text uses token v (padding excluded), else 0."""
+    targets = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
+    return targets.scatter_reduce(1, input_ids, attention_mask.to(targets.dtype), reduce="amax")
+
+
+def identity_words(logits: Tensor, targets: Tensor, columns: Tensor) -> Tensor:
+    """``id_words``: which of the batch's identity words describe this image.
+
+    ``logits`` (B, V) from the identity features, ``targets`` (B, V) from :func:`word_targets` on
+    the identity texts, ``columns`` (V,) bool: the words any identity text of the *global* batch
+    uses. L = mean over rows i and those words v of BCE(sigmoid(logits_iv), targets_iv). Only the
+    batch's own words count, so every column has rows of both kinds whenever the batch's people
+    differ in that word ("short", "long", "man"); tokens every text shares (the articles, [CLS])
+    are easy columns that add a constant's worth of gradient.
+    """
+    return F.binary_cross_entropy_with_logits(logits[:, columns].float(), targets[:, columns].float())
 
 
 def pair_match(

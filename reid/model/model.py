@@ -81,6 +81,7 @@ class Needs:
     neg_cloth_text: bool
     adversary: bool
     id_adversary: bool
+    id_words: bool
     seed_decouple: bool
     pair_bias: bool
     fusion: bool
@@ -97,6 +98,7 @@ class Needs:
             neg_cloth_text=w.cloth_match > 0 and dcfg.cloth_match.form == "pair",
             adversary=w.cloth_adv > 0,
             id_adversary=w.id_adv > 0,
+            id_words=w.id_words > 0,
             seed_decouple=w.decouple > 0 and dcfg.decouple.form == "seed",
             pair_bias=w.cloth_match > 0 and dcfg.cloth_match.form == "pair",
             fusion=w.fusion_match > 0,
@@ -109,7 +111,7 @@ class T2IReIDModel(nn.Module):
     ``forward(batch)`` takes the training batch (reid/data/keys.py) and returns a dict:
     ``image_embeds``, ``cloth_image_embeds``, ``id_text_embeds``, ``cloth_text_embeds``,
     ``neg_cloth_text_embeds``, ``id_adv_embeds`` (B, E) L2-normalised; ``id_logits``,
-    ``cloth_adv_logits`` (B, C);
+    ``cloth_adv_logits`` (B, C); ``id_word_logits`` (B, V) (V = the text vocabulary);
     ``id_embeds``, ``cloth_embeds`` (B, H) raw branch features (``cloth_embeds`` before any GRL);
     ``decouple_id`` / ``decouple_cloth`` (B, P) seed-form projector outputs; ``cloth_match_bias``
     and ``temperature`` (1,); with ``fusion_match``: ``fused_embeds`` (B, E'), ``gate_image_weight``
@@ -151,6 +153,11 @@ class T2IReIDModel(nn.Module):
         self.cloth_classifier = nn.Linear(H, C) if needs.adversary else None
         # id_adv: reads clothing from the identity features, into the text embedding space
         self.id_adversary = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, cfg.embed_dim)) if needs.id_adversary else None
+        # id_words: the identity features name the words of their identity text (one logit per token)
+        vocab = getattr(getattr(text_encoder, "config", None), "vocab_size", None)
+        if needs.id_words and vocab is None:
+            raise ConfigError("disentangle.loss_weights.id_words: > 0 needs a text encoder with a vocab_size")
+        self.id_word_head = nn.Linear(H, vocab) if needs.id_words else None
         proj = dcfg.decouple.projector_dim
         self.id_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
         self.cloth_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
@@ -280,6 +287,8 @@ class T2IReIDModel(nn.Module):
         out = {"id_embeds": id_embeds}
         if self.id_classifier is not None:
             out["id_logits"] = self.id_classifier(id_embeds)  # (B, C)
+        if self.id_word_head is not None:
+            out["id_word_logits"] = self.id_word_head(id_embeds)  # (B, V)
         if self.id_adversary is not None:
             # The GRL hands id_projection -alpha x the adversary's gradient, and only id_projection: the
             # encoder's features are detached on this path, because the clothing branch needs clothing
