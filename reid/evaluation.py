@@ -306,6 +306,11 @@ def _mode_label(mode: str) -> str:
     return MODES[mode]
 
 
+# Probe sources as the report names them: the 256-d identity embedding the clothing-invariant mode
+# ranks with, and the raw branch features (H) below the shared heads.
+_SOURCE_LABELS = {"identity": "identity embedding", "id": "id_embeds", "cloth": "cloth_embeds"}
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The table ``launch/evaluate.py`` prints: every (protocol, mode) row, R1 as a share of the
     oracle's where there is one, the probes and the timings."""
@@ -324,12 +329,12 @@ def format_report(report: dict[str, Any]) -> str:
     dis = report.get("disentangle")
     if dis:
         if "probes" in dis:
-            lines.append(f"{'linear probe (frozen features)':<41}{'accuracy':>10}{'chance':>8}")
+            lines.append(f"{'linear probe (frozen features)':<47}{'accuracy':>10}{'chance':>8}")
             for name, p in dis["probes"].items():
                 source, target = name.split("_to_")
                 kind = "leakage" if (source, target) in LEAKAGE else "reference"
-                label = f"{source} -> {target.replace('_', ' ')} ({kind})"
-                lines.append(f"{label:<41}{p['accuracy']:10.2f}{p['chance']:8.2f}")
+                label = f"{_SOURCE_LABELS.get(source, source)} -> {target.replace('_', ' ')} ({kind})"
+                lines.append(f"{label:<47}{p['accuracy']:10.2f}{p['chance']:8.2f}")
         if "mean_abs_cos_id_cloth" in dis:
             lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
     sec = report["seconds"]

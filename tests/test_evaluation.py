@@ -162,8 +162,8 @@ def test_evaluate_split_reports_every_protocol_and_matches_the_trainer(export: P
     for (protocol, mode), name in itertools.product(itertools.product(report["retrieval"], modes), METRICS):
         assert trainer[f"{protocol}/{mode}/{name}"] == pytest.approx(report["retrieval"][protocol][mode][name], abs=1e-6)
     text = format_report(report)
-    assert "clothing-change" in text and "attribute oracle" in text and "cloth -> person (leakage)" in text
-    assert "identity -> upper colour (leakage)" in text
+    assert "clothing-change" in text and "attribute oracle" in text and "cloth_embeds -> person (leakage)" in text
+    assert "identity embedding -> upper colour (leakage)" in text
     assert "R1/oracle" in text
     json.dumps(report)  # JSON-able
 
