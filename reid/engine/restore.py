@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import random
 import shutil
@@ -127,7 +128,7 @@ def _load_universal(accelerator: Any, engine: Any, path: Path, marker: dict[str,
 def _convert(path: Path, work: Path, marker: dict[str, Any]) -> str | None:
     """Main process: DeepSpeed checkpoint → universal checkpoint; a one-line problem, or None."""
     try:
-        from deepspeed.checkpoint import ds_to_universal
+        ds_to_universal = importlib.import_module("deepspeed.checkpoint.ds_to_universal")
     except ImportError as exc:
         return (f"{path}: written by {marker['world_size']} processes; resuming on another number needs "
                 f"DeepSpeed's universal checkpoint (deepspeed.checkpoint.ds_to_universal, DeepSpeed >= 0.14): {exc}")
