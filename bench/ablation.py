@@ -37,6 +37,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "full": ([], "the benchmark config: the seven terms"),
     "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
     "id_adv": ([f"{W}.id_adv=0.2"], "+ the clothing adversary `id_adv` at 0.2"),
+    "id_words": ([f"{W}.id_words=1"], "+ `id_words` 1 (the identity features name their identity words)"),
     "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),
     "no_cls_bio": ([f"{W}.cls=0", f"{W}.bio=0"], "without `cls` and `bio`"),
     "seed_info_nce": (["disentangle.info_nce.same_person=negative"], "the seed's InfoNCE (same-person keys as negatives)"),
