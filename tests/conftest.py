@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 # invalidating it (see shared DISTRIBUTED-NOTES: "give the project its own TORCH_EXTENSIONS_DIR").
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A shell without job control that starts pytest in the background (`pytest &`, nohup, some CI
+# runners) hands it SIGINT *ignored*, and every process it starts inherits that: the Ctrl-C tests
+# need the usual disposition, so restore it (children then start with SIGINT at its default).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
