@@ -141,8 +141,10 @@ class Criterion:
     def _id_words(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         logits = v.out["id_word_logits"]  # (b, V)
         targets = T.word_targets(v.batch[keys.ID_INPUT_IDS], v.batch[keys.ID_ATTENTION_MASK], logits.shape[1])
-        used = gather_with_grad(targets.amax(dim=0, keepdim=True))  # (world, V): each process's words
-        return T.identity_words(logits, targets, used.amax(dim=0) > 0)
+        used = targets.amax(dim=0)  # (V,) the words this process's identity texts use
+        if v.world > 1:  # ... and those of the global batch: no gradient, so a plain max-reduce
+            torch.distributed.all_reduce(used, op=torch.distributed.ReduceOp.MAX)
+        return T.identity_words(logits, targets, used > 0)
 
     def _fusion_match(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:
         out = v.out
