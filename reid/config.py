@@ -150,6 +150,11 @@ class ModelConfig:
     # Text feature: BERT's [CLS] (the seed) or the mean over tokens. A [CLS] token trained from
     # scratch (the tiny synthetic default) learns far slower than a mean: see docs/model.md.
     text_pool: Literal["cls", "mean"] = "cls"
+    # Heads of the clothing branch and the clothing text. "shared" (the seed): the same shared_mlp,
+    # image_mlp and text_mlp as identity, one 256-d space for both. "separate": their own copies
+    # (cloth_shared_mlp, cloth_image_mlp, cloth_text_mlp), so training the clothing match cannot
+    # teach the identity heads to express clothing (docs/ablation.md measures both).
+    cloth_heads: Literal["shared", "separate"] = "shared"
 
     def validate(self, path: str) -> None:
         _check(self.shared_dim > 0, f"{path}.shared_dim", "must be > 0")

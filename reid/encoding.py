@@ -69,8 +69,10 @@ def encode_queries(
         for field in fields:
             ids, mask = QUERY_FIELDS[field]
             with accelerator.autocast():
-                emb = model({keys.INPUT_IDS: batch[ids], keys.ATTENTION_MASK: batch[mask]})["text_embeds"].float()
-            if field == "cloth":
+                out = model({keys.INPUT_IDS: batch[ids], keys.ATTENTION_MASK: batch[mask]})
+            emb = out["text_embeds"].float()
+            if field == "cloth":  # a model with separate clothing heads embeds the clothing part with its own
+                emb = out.get("cloth_text_embeds", out["text_embeds"]).float()
                 emb = emb * batch[keys.CLOTH_VALID][:, None].to(emb.dtype)
             local.setdefault(field, []).append(emb)
         local[keys.PIDS].append(batch[keys.PIDS])

@@ -222,7 +222,9 @@ def encode_query(
             continue
         ids, _ = _token_ids(tokenizer, part, max_length)
         batch = {keys.INPUT_IDS: torch.tensor([ids], device=device), keys.ATTENTION_MASK: torch.ones(1, len(ids), dtype=torch.long, device=device)}
-        vectors[name] = model(batch)["text_embeds"][0].float().cpu()
+        out = model(batch)
+        key = "cloth_text_embeds" if name == "cloth" and "cloth_text_embeds" in out else "text_embeds"
+        vectors[name] = out[key][0].float().cpu()
     width = next(iter(vectors.values())).shape[0]
     vector = torch.cat([vectors.get(name, torch.zeros(width)) for name in parts])
     return Query(vector, mode, form, id_part if "id" in parts else "", parts.get("cloth", ""), unknown)

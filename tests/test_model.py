@@ -110,6 +110,38 @@ def test_one_training_step_gives_every_term_and_a_gradient_to_every_parameter(dc
     assert 0.0 < report["gate_image_weight"] < 1.0
 
 
+def test_separate_cloth_heads_keep_clothing_out_of_the_identity_heads() -> None:
+    """model.cloth_heads: separate: clothing rows go through their own heads, in training and in
+    retrieval alike, and the clothing terms give the identity heads no gradient."""
+    dcfg = every_term()
+    model = tiny(dcfg, ModelConfig(cloth_heads="separate")).eval()
+    batch = make_batch()
+    out = model(batch)
+    feats = model._image_features(batch[K.IMAGES])
+    cloth = torch.relu(model.cloth_projection(feats))
+    expected = torch.nn.functional.normalize(model.cloth_image_mlp(model.cloth_shared_mlp(cloth)), dim=-1)
+    torch.testing.assert_close(out["cloth_image_embeds"], expected)
+    torch.testing.assert_close(model({K.IMAGES: batch[K.IMAGES]})["cloth_image_embeds"], expected)
+    text = model({K.INPUT_IDS: batch[K.CLOTH_INPUT_IDS], K.ATTENTION_MASK: batch[K.CLOTH_ATTENTION_MASK]})
+    torch.testing.assert_close(text["cloth_text_embeds"], out["cloth_text_embeds"])  # same head, either path
+    torch.testing.assert_close(model({K.INPUT_IDS: batch[K.ID_INPUT_IDS], K.ATTENTION_MASK: batch[K.ID_ATTENTION_MASK]})["text_embeds"],
+                               out["id_text_embeds"])
+
+    clothing_only = DisentangleConfig()
+    for name in ("info_nce", "cls", "bio", "cloth_adv", "decouple"):
+        setattr(clothing_only.loss_weights, name, 0.0)
+    model = tiny(clothing_only, ModelConfig(cloth_heads="separate")).train()
+    total, _, _ = Criterion(clothing_only)(model(batch), batch)
+    total.backward()
+    for name in ("shared_mlp", "image_mlp", "text_mlp"):
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in getattr(model, name).parameters()), name
+    for name in ("cloth_shared_mlp", "cloth_image_mlp", "cloth_text_mlp"):
+        assert sum(p.grad.abs().sum() for p in getattr(model, name).parameters()) > 0, name
+    shared = tiny(clothing_only).train()  # the seed's shared heads: the clothing terms do train them
+    Criterion(clothing_only)(shared(batch), batch)[0].backward()
+    assert sum(p.grad.abs().sum() for p in shared.image_mlp.parameters()) > 0
+
+
 class HostSyncSpy(TorchDispatchMode):
     """Records ops that make a GPU wait for the host: .item()/bool()/int() on a tensor
     (`_local_scalar_dense`) and ops whose output size depends on tensor values."""

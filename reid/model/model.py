@@ -164,6 +164,11 @@ class T2IReIDModel(nn.Module):
         self.shared_mlp = nn.Linear(H, cfg.shared_dim)
         self.image_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout)
         self.text_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout)
+        # model.cloth_heads: separate -> the clothing image and clothing text embeddings get their own heads
+        separate = cfg.cloth_heads == "separate" and (needs.cloth_image or needs.cloth_text)
+        self.cloth_shared_mlp = nn.Linear(H, cfg.shared_dim) if separate else None
+        self.cloth_image_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout) if separate and needs.cloth_image else None
+        self.cloth_text_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout) if separate and needs.cloth_text else None
         self.cloth_match_bias = Scalar(0.0) if needs.pair_bias else None  # threshold at cos = 0
         self.fusion = get_fusion_module(cfg.fusion) if needs.fusion else None
         self.scale = Scalar(1.0) if needs.fusion else None
@@ -198,6 +203,10 @@ class T2IReIDModel(nn.Module):
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(N, L)`` token ids and mask -> text embeddings ``(N, E)``, L2-normalised."""
+        return self._text_head(self._pooled_text(input_ids, attention_mask))
+
+    def _pooled_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(N, L)`` -> the text encoder's pooled feature ``(N, H)`` (``model.text_pool``)."""
         mask = attention_mask
         if getattr(getattr(self.text_encoder, "config", None), "_attn_implementation", None) == "sdpa":
             # transformers passes a 4-D mask through untouched; a 2-D one costs a host sync
@@ -206,8 +215,8 @@ class T2IReIDModel(nn.Module):
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (N, L, H)
         if self.text_pool == "mean":
             weight = attention_mask.to(hidden.dtype)[..., None]  # (N, L, 1)
-            return self._text_head((hidden * weight).sum(1) / weight.sum(1).clamp(min=1))
-        return self._text_head(hidden[:, 0])  # [CLS], the seed's
+            return (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
+        return hidden[:, 0]  # [CLS], the seed's
 
     def match_scores(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
         """The fusion head's pair logits ``(N,)`` of aligned pairs (row i with row i). The head is
@@ -233,13 +242,7 @@ class T2IReIDModel(nn.Module):
         images = batch[keys.IMAGES]
         B = images.shape[0]
         out, cloth_branch = self._branches(self._image_features(images))
-        # Both image branches through shared_mlp/image_mlp in one call: BatchNorm sees id and
-        # cloth rows together, the same mixture its running statistics (used at eval) hold.
-        rows = [out["id_embeds"]] + ([cloth_branch] if self.needs.cloth_image else [])
-        image_rows = self._image_head(torch.cat(rows))  # (kB, E)
-        out["image_embeds"] = image_rows[:B]
-        if self.needs.cloth_image:
-            out["cloth_image_embeds"] = image_rows[B:]
+        out.update(self._image_embeddings(out["id_embeds"], cloth_branch if self.needs.cloth_image else None))
 
         fields = ["id"]
         fields += ["cloth"] if self.needs.cloth_text else []
@@ -258,19 +261,33 @@ class T2IReIDModel(nn.Module):
         if PAIR_IMAGE_EMBEDS in batch:
             return {"match_scores": self.match_scores(batch[PAIR_IMAGE_EMBEDS], batch[PAIR_TEXT_EMBEDS])}
         if keys.IMAGES not in batch:
-            return {"text_embeds": self.encode_text(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK])}
+            pooled = self._pooled_text(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK])
+            out = {"text_embeds": self._text_head(pooled)}
+            if self.cloth_text_mlp is not None:  # separate clothing heads: the clothing-part embedding too
+                out["cloth_text_embeds"] = self._cloth_text_head(pooled)
+            return out
         feats = self._image_features(batch[keys.IMAGES])  # (N, H)
         id_embeds = F.relu(self.id_projection(feats))  # (N, H), as encode_image
         if self.cloth_projection is None:
             return {"image_embeds": self._image_head(id_embeds), "id_embeds": id_embeds}
         cloth_embeds = F.relu(self.cloth_projection(feats))  # (N, H) raw branch features (leakage probes)
         out = {"id_embeds": id_embeds, "cloth_embeds": cloth_embeds}
-        if self.needs.cloth_image:  # the standard mode's clothing half: one head call, as in training
-            rows = self._image_head(torch.cat([id_embeds, cloth_embeds]))  # (2N, E)
-            out["image_embeds"], out["cloth_image_embeds"] = rows.split(id_embeds.shape[0])
-        else:
-            out["image_embeds"] = self._image_head(id_embeds)
+        # the standard mode's clothing half, through the same head calls as in training
+        out.update(self._image_embeddings(id_embeds, cloth_embeds if self.needs.cloth_image else None))
         return out
+
+    def _image_embeddings(self, id_embeds: Tensor, cloth_embeds: Tensor | None) -> dict[str, Tensor]:
+        """``image_embeds`` (and ``cloth_image_embeds`` when ``cloth_embeds`` is given). With shared
+        heads both branches go through shared_mlp/image_mlp in one call: BatchNorm sees id and cloth
+        rows together, the same mixture its running statistics (used at eval) hold."""
+        if cloth_embeds is None:
+            return {"image_embeds": self._image_head(id_embeds)}
+        if self.cloth_image_mlp is not None:
+            cloth = F.normalize(self.cloth_image_mlp(self.cloth_shared_mlp(cloth_embeds)), dim=-1)
+            return {"image_embeds": self._image_head(id_embeds), "cloth_image_embeds": cloth}
+        rows = self._image_head(torch.cat([id_embeds, cloth_embeds]))  # (2N, E)
+        image, cloth = rows.split(id_embeds.shape[0])
+        return {"image_embeds": image, "cloth_image_embeds": cloth}
 
     def _image_features(self, images: Tensor) -> Tensor:
         return self.image_encoder(pixel_values=images).last_hidden_state[:, 0]  # (B, H) [CLS]
@@ -280,6 +297,9 @@ class T2IReIDModel(nn.Module):
 
     def _text_head(self, x: Tensor) -> Tensor:
         return F.normalize(self.text_mlp(self.shared_mlp(x)), dim=-1)
+
+    def _cloth_text_head(self, x: Tensor) -> Tensor:
+        return F.normalize(self.cloth_text_mlp(self.cloth_shared_mlp(x)), dim=-1)
 
     def _branches(self, feats: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """Identity and clothing branches of the [CLS] feature; returns the cloth-branch input too."""
@@ -311,13 +331,18 @@ class T2IReIDModel(nn.Module):
         return out, branch
 
     def _encode_fields(self, batch: dict[str, Tensor], fields: list[str]) -> list[Tensor]:
-        """Encode several text fields with ONE text-encoder call, padded to a common length."""
+        """Encode several text fields with ONE text-encoder call, padded to a common length; the
+        clothing fields go through the clothing text head when it is separate."""
         ids = [batch[_TEXT_KEYS[f][0]] for f in fields]
         masks = [batch[_TEXT_KEYS[f][1]] for f in fields]
         length = max(t.shape[1] for t in ids)
         ids_all = torch.cat([F.pad(t, (0, length - t.shape[1]), value=self.pad_token_id) for t in ids])
         mask_all = torch.cat([F.pad(m, (0, length - m.shape[1]), value=0) for m in masks])
-        return list(self.encode_text(ids_all, mask_all).split([t.shape[0] for t in ids]))
+        sizes = [t.shape[0] for t in ids]
+        if self.cloth_text_mlp is None:
+            return list(self.encode_text(ids_all, mask_all).split(sizes))
+        pooled = self._pooled_text(ids_all, mask_all).split(sizes)
+        return [self._text_head(p) if f == "id" else self._cloth_text_head(p) for f, p in zip(fields, pooled)]
 
     def _fuse(self, image_embeds: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:
         fused, gate = self.fusion(image_embeds, text_embeds)
