@@ -7,9 +7,9 @@ import json
 import pytest
 
 from reid.data.cli import main
-from reid.data.formats import FORMATS, check_image_files, image_dir, read_annotations, summarize
+from reid.data.formats import FORMATS, annotation_path, check_image_files, image_dir, read_annotations, summarize
 from reid.errors import DataError
-from tests.data_fixtures import make_records, solid_jpeg, write_dataset
+from tests.data_fixtures import CAPTIONS, data_config, make_records, solid_jpeg, write_dataset
 
 
 @pytest.mark.parametrize("dataset", sorted(FORMATS))
@@ -115,9 +115,69 @@ def test_invalid_json(tmp_path):
         read_annotations(tmp_path, "cuhk_pedes")
 
 
-def test_missing_annotation_file(tmp_path):
-    with pytest.raises(DataError, match=r"ICFG-PEDES.json: annotation file not found"):
+def test_missing_annotation_file_names_what_is_expected_and_what_is_there(tmp_path):
+    with pytest.raises(DataError) as info:
         read_annotations(tmp_path, "icfg_pedes")
+    assert str(info.value) == f"{tmp_path}: no annotation file for dataset 'icfg_pedes': expected ICFG-PEDES.json; found no .json file there"
+    write_dataset(tmp_path, "rstpreid", splits={"train": 1})
+    with pytest.raises(DataError) as info:
+        read_annotations(tmp_path, "cuhk_pedes")
+    assert str(info.value) == (f"{tmp_path}: no annotation file for dataset 'cuhk_pedes': expected reid_raw.json or "
+                               "caption_all.json; found data_captions.json (the layout of dataset 'rstpreid')")
+
+
+def _caption_all(ids: list[int]) -> list[dict]:
+    """Records as the CUHK-PEDES download's caption_all.json writes them: no 'split'."""
+    return [{"id": pid, "file_path": f"CUHK01/{pid:05d}.png", "captions": ["A man in a red coat.", "He wears a coat."]}
+            for pid in ids]
+
+
+def test_caption_all_json_gets_the_standard_split_by_identity(tmp_path):
+    """CUHK-PEDES as downloaded: caption_all.json has no 'split'; ids 1-11003 / 11004-12003 /
+    12004-13003 are train / val / test, the split reid_raw.json writes out."""
+    ids = [1, 2, 11003, 11004, 12003, 12004, 13003]
+    (tmp_path / "caption_all.json").write_text(json.dumps(_caption_all(ids)))
+    records = read_annotations(tmp_path, "cuhk_pedes")
+    assert [r.split for r in records] == ["train", "train", "train", "val", "val", "test", "test"]
+    assert annotation_path(tmp_path, "cuhk_pedes") == tmp_path / "caption_all.json"
+    # reid_raw.json wins when both are there, and its own 'split' is used as written
+    write_dataset(tmp_path, "cuhk_pedes", splits={"train": 1, "val": 1, "test": 1})
+    assert annotation_path(tmp_path, "cuhk_pedes") == tmp_path / "reid_raw.json"
+    assert [r.split for r in read_annotations(tmp_path, "cuhk_pedes")] == ["train"] * 2 + ["val"] * 2 + ["test"] * 2
+
+
+def test_caption_all_json_id_outside_the_standard_split_is_one_line(tmp_path):
+    (tmp_path / "caption_all.json").write_text(json.dumps(_caption_all([5, 13004])))
+    with pytest.raises(DataError) as info:
+        read_annotations(tmp_path, "cuhk_pedes")
+    assert str(info.value) == (
+        f"{tmp_path / 'caption_all.json'}: record 1 (CUHK01/13004.png): no 'split', and id 13004 is outside the "
+        "standard split's ids 1-13003; add a 'split' field (train / val / test) to every record")
+
+
+def test_a_split_field_is_required_where_the_dataset_has_no_standard_split(tmp_path):
+    message = _bad(tmp_path, _drop(0, "split"), dataset="rstpreid")
+    assert "data_captions.json: record 0 (train/0001_0.jpg): missing 'split'" in message
+
+
+def test_caption_all_json_trains_end_to_end_through_the_tables(tmp_path):
+    """The training pipeline (tables, tokenizer, loader) reads caption_all.json like reid_raw.json."""
+    from reid.data.tables import build_tables
+    from reid.data.tokenizer import build_tokenizer
+
+    ids = list(range(1, 9)) + list(range(11004, 11008)) + list(range(12004, 12008))
+    records = [{"id": pid, "file_path": f"p{pid}_{v}.jpg", "captions": [CAPTIONS[(pid + v) % len(CAPTIONS)]] * 2}
+               for pid in ids for v in range(2)]
+    root = tmp_path / "CUHK-PEDES"
+    root.mkdir()
+    (root / "caption_all.json").write_text(json.dumps(records))
+    for rec in records:
+        solid_jpeg(root / "imgs" / rec["file_path"], (200, 30, 30))
+    cfg = data_config(root, tmp_path / "cache")
+    tables = build_tables(cfg, build_tokenizer(cfg, ""))
+    assert tables.num_classes == 8 and len(tables.train) == 32
+    assert sorted(set(tables.train["orig_pid"])) == list(range(1, 9))
+    assert sorted(set(tables.gallery("test")["pid"])) == list(range(12004, 12008))
 
 
 def test_missing_image_file(tmp_path):
@@ -180,3 +240,19 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["--data-root", str(tmp_path / "nowhere"), "--dataset", "cuhk_pedes"]) == 2
     assert "nowhere: dataset directory not found" in capsys.readouterr().err
 
+
+
+def test_cli_compares_each_split_with_the_published_counts(tmp_path, capsys, monkeypatch):
+    """The published figures are CUHK-PEDES-sized; the comparison is checked against small stand-ins."""
+    import reid.data.cli as cli
+
+    write_dataset(tmp_path, "rstpreid", splits={"train": 3, "val": 1, "test": 2})
+    monkeypatch.setitem(cli.PUBLISHED, "rstpreid", {"train": (3, 6, 12), "val": (1, 2, 4), "test": (200, 1000, 2000)})
+    assert main(["--data-root", str(tmp_path), "--dataset", "rstpreid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("  matches") and lines[3].endswith("  matches")
+    assert lines[4].endswith("  differs (200 / 1000 / 2000)")
+    assert main(["--data-root", str(tmp_path), "--dataset", "rstpreid", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"]["train"]["matches_published"] and not report["splits"]["test"]["matches_published"]
+    assert report["splits"]["test"]["published"] == {"identities": 200, "images": 1000, "captions": 2000}

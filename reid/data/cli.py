@@ -3,9 +3,12 @@
     reid-data --data-root data/CUHK-PEDES --dataset cuhk_pedes
     reid-data --data-root data/ICFG-PEDES --dataset icfg_pedes --json --check-images
 
-Checks the annotation file (every record, see :mod:`reid.data.formats`) and that every image file
-exists; ``--check-images`` also decodes every image. The ``with clothing`` column counts captions
-whose clothing part is non-empty (the record's ``cloth_caption`` or the rule-based splitter).
+Checks the annotation file (every record, see :mod:`reid.data.formats`; CUHK-PEDES as
+``reid_raw.json`` or as the download's ``caption_all.json``) and that every image file exists;
+``--check-images`` also decodes every image. The ``with clothing`` column counts captions whose
+clothing part is non-empty (the record's ``cloth_caption`` or the rule-based splitter); the
+``published`` column compares each split's identities / images / captions with the dataset's
+published counts (a subset or another release differs; that is reported, not an error).
 A problem prints ``error: <file>: record <i> (<file_path>): <problem>`` on stderr and exits with
 status 2.
 """
@@ -20,6 +23,7 @@ from typing import Optional
 from reid.data.captions import split_caption
 from reid.data.formats import (
     FORMATS,
+    PUBLISHED,
     annotation_path,
     check_image_files,
     check_images_decode,
@@ -61,17 +65,32 @@ def inspect(root: str, dataset: str, check_images: bool = False) -> dict:
     if check_images:
         check_images_decode(ann, records, image_dir(root))
     splits = summarize(records, dataset)
+    published = PUBLISHED.get(dataset, {})
     for split, counts in splits.items():
         counts["with_clothing"] = _with_clothing(records, split)
+        if split in published:
+            ids, images, captions = published[split]
+            counts["published"] = {"identities": ids, "images": images, "captions": captions}
+            counts["matches_published"] = (counts["identities"], counts["images"], counts["captions"]) == published[split]
     return {"dataset": dataset, "root": str(root), "annotation": str(ann), "splits": splits}
+
+
+def _published_cell(c: dict) -> str:
+    if "published" not in c:
+        return "-"
+    p = c["published"]
+    if c["matches_published"]:
+        return "matches"
+    return f"differs ({p['identities']} / {p['images']} / {p['captions']})"
 
 
 def _table(report: dict) -> str:
     lines = [f"{report['annotation']} ({report['dataset']})"]
-    lines.append(f"{'split':<6} {'identities':>10} {'images':>8} {'captions':>9} {'with clothing':>14}")
+    lines.append(f"{'split':<6} {'identities':>10} {'images':>8} {'captions':>9} {'with clothing':>14}  published")
     for split, c in report["splits"].items():
         lines.append(
             f"{split:<6} {c['identities']:>10} {c['images']:>8} {c['captions']:>9} {c['with_clothing']:>14}"
+            f"  {_published_cell(c)}"
         )
     return "\n".join(lines)
 

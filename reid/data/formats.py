@@ -3,9 +3,15 @@
 Layouts (as distributed, and as IRRA reads them)::
 
     CUHK-PEDES  root/reid_raw.json        [{split, captions, file_path, id, processed_tokens}, ...]
+                or root/caption_all.json  [{id, file_path, captions}, ...]: the file the CUHK-PEDES
+                                          download ships, without 'split' (see below)
     ICFG-PEDES  root/ICFG-PEDES.json      same keys; splits train / test only (no val)
     RSTPReid    root/data_captions.json   [{id, img_path, captions, split}, ...]
     images      root/imgs/<file_path>
+
+A CUHK-PEDES record without ``split`` gets the standard split by identity, the one ``reid_raw.json``
+writes out: ids 1-11003 train, 11004-12003 val, 12004-13003 test (11,003 / 1,000 / 1,000 people).
+``reid-data`` compares the counts per split with the published ones (:data:`PUBLISHED`).
 
 A record may also carry ``id_caption`` / ``cloth_caption``: a string used for every caption of the
 record, or a list aligned with ``captions``. They win over the rule-based splitter
@@ -39,12 +45,24 @@ class FormatSpec:
     annotation: str
     path_key: str
     splits: tuple[str, ...]
+    alternatives: tuple[str, ...] = ()  # other names its distributions give the file, read if the first is absent
+    split_by_id: tuple[tuple[str, int, int], ...] = ()  # (split, first id, last id) for records without 'split'
 
 
 FORMATS: dict[str, FormatSpec] = {
-    "cuhk_pedes": FormatSpec("reid_raw.json", "file_path", ("train", "val", "test")),
+    "cuhk_pedes": FormatSpec(
+        "reid_raw.json", "file_path", ("train", "val", "test"), alternatives=("caption_all.json",),
+        split_by_id=(("train", 1, 11003), ("val", 11004, 12003), ("test", 12004, 13003)),
+    ),
     "icfg_pedes": FormatSpec("ICFG-PEDES.json", "file_path", ("train", "test")),
     "rstpreid": FormatSpec("data_captions.json", "img_path", ("train", "val", "test")),
+}
+# Identities / images / captions per split as published (CUHK-PEDES: Li et al., CVPR 2017, and the
+# split IRRA uses; ICFG-PEDES: Ding et al., 2021; RSTPReid: Zhu et al., 2021). reid-data compares.
+PUBLISHED: dict[str, dict[str, tuple[int, int, int]]] = {
+    "cuhk_pedes": {"train": (11003, 34054, 68126), "val": (1000, 3078, 6158), "test": (1000, 3074, 6156)},
+    "icfg_pedes": {"train": (3102, 34674, 34674), "test": (1000, 19848, 19848)},
+    "rstpreid": {"train": (3701, 18505, 37010), "val": (200, 1000, 2000), "test": (200, 1000, 2000)},
 }
 IMAGE_DIR = "imgs"
 
@@ -69,7 +87,24 @@ def format_spec(dataset: str) -> FormatSpec:
 
 
 def annotation_path(root: str | Path, dataset: str) -> Path:
-    return Path(root) / format_spec(dataset).annotation
+    """The dataset's annotation file under ``root``: the first of its names that exists (the
+    primary name when none does, for messages)."""
+    spec = format_spec(dataset)
+    for name in (spec.annotation, *spec.alternatives):
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    return Path(root) / spec.annotation
+
+
+def _missing_annotation(root: Path, dataset: str) -> DataError:
+    spec = format_spec(dataset)
+    expected = " or ".join((spec.annotation, *spec.alternatives))
+    found = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix == ".json")
+    here = f"found {', '.join(found[:6])}" if found else "found no .json file there"
+    others = [name for name, other in FORMATS.items() if other is not spec and any(
+        (root / n).is_file() for n in (other.annotation, *other.alternatives))]
+    hint = f" (the layout of dataset {others[0]!r})" if others else ""
+    return DataError(f"{root}: no annotation file for dataset {dataset!r}: expected {expected}; {here}{hint}")
 
 
 def image_dir(root: str | Path) -> Path:
@@ -80,11 +115,11 @@ def read_annotations(root: str | Path, dataset: str) -> list[Record]:
     """Read and validate ``root``'s annotation file; returns the records in file order."""
     root = Path(root)
     spec = format_spec(dataset)
-    path = root / spec.annotation
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory not found")
+    path = annotation_path(root, dataset)
     if not path.is_file():
-        raise DataError(f"{path}: annotation file not found (expected for dataset {dataset!r})")
+        raise _missing_annotation(root, dataset)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -110,13 +145,13 @@ def _parse_record(path: Path, index: int, item: Any, spec: FormatSpec) -> Record
     if not isinstance(file_path, str) or not file_path.strip():
         raise DataError(f"{where}: '{spec.path_key}' must be a non-empty string, got {file_path!r}")
     where = f"{path}: record {index} ({file_path})"
-    for key in ("id", "captions", "split"):
+    for key in ("id", "captions") + (() if spec.split_by_id else ("split",)):
         if key not in item:
             raise DataError(f"{where}: missing '{key}'")
     pid = item["id"]
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise DataError(f"{where}: 'id' must be an integer, got {pid!r}")
-    split = item["split"]
+    split = item["split"] if "split" in item else _standard_split(where, pid, spec)
     if split not in spec.splits:
         raise DataError(f"{where}: unknown split {split!r} (this dataset has {', '.join(spec.splits)})")
     captions = item["captions"]
@@ -135,6 +170,18 @@ def _parse_record(path: Path, index: int, item: Any, spec: FormatSpec) -> Record
         captions=captions,
         id_captions=_optional_parts(where, item, "id_caption", len(captions)),
         cloth_captions=_optional_parts(where, item, "cloth_caption", len(captions)),
+    )
+
+
+def _standard_split(where: str, pid: int, spec: FormatSpec) -> str:
+    """The split of a record without 'split', by identity (the dataset's standard split)."""
+    for split, first, last in spec.split_by_id:
+        if first <= pid <= last:
+            return split
+    lo, hi = spec.split_by_id[0][1], spec.split_by_id[-1][2]
+    raise DataError(
+        f"{where}: no 'split', and id {pid} is outside the standard split's ids {lo}-{hi}; "
+        "add a 'split' field (train / val / test) to every record"
     )
 
 
