@@ -74,6 +74,10 @@ class DataConfig:
     id_segment_drop: float = 0.0
     negatives: Literal["random", "hard"] = "random"  # how the is_matched=0 cloth caption is drawn
     hard_topk: int = 5  # "hard": draw among the k most similar cloth captions of other ids
+    # "hard": how the most similar captions are found: "exact" compares every pair (quadratic:
+    # seconds at 20k unique clothing texts, hours at 1M), "approximate" an inverted-file index
+    # (linear; BENCHMARKS.md measures its agreement with exact), "auto" exact up to 20k texts
+    hard_search: Literal["auto", "exact", "approximate"] = "auto"
     # identity = P x K batches; similar = P x K batches of people with similar identity descriptions
     sampler: Literal["random", "identity", "similar"] = "identity"
     num_instances: int = 4  # K of P x K

@@ -102,3 +102,62 @@ def test_hard_candidates_match_brute_force_similarities():
         assert np.allclose(got, best, atol=1e-5)
         assert all(pids[c] != pids[row] and valid[c] for c in cands[row])
         assert len({norm[c] for c in cands[row]}) == len(cands[row])  # distinct texts
+
+
+def _mean_similarity(texts, valid, cands):
+    norm = [" ".join(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", t.lower())) for t in texts]
+    unique = sorted({norm[i] for i in range(len(texts)) if valid[i]})
+    sims = _brute_force_tfidf(unique)
+    return [np.mean([sims[unique.index(norm[r]), unique.index(norm[c])] for c in cands[r]])
+            for r in range(len(texts)) if cands[r]]
+
+
+def test_approximate_search_keeps_the_rules_and_is_exact_when_everything_is_in_reach():
+    """One k-means cell holds every text of a small table, and a sketch of <= 256 words is the
+    TF-IDF vector itself: the approximate search must then find what the exact one finds."""
+    texts, pids, valid = _random_table(n=80, num_ids=8, seed=1)
+    exact = hard_candidates(texts, pids, valid, 4, search="exact")
+    approx = hard_candidates(texts, pids, valid, 4, search="approximate")
+    assert np.allclose(_mean_similarity(texts, valid, approx), _mean_similarity(texts, valid, exact), atol=1e-5)
+    norm = [" ".join(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", t.lower())) for t in texts]
+    for row in np.flatnonzero(valid):
+        assert all(pids[c] != pids[row] and valid[c] and norm[c] != norm[row] for c in approx[row])
+    with pytest.raises(ValueError, match="search must be"):
+        hard_candidates(texts, pids, valid, 4, search="fast")
+
+
+def test_approximate_search_over_many_cells_stays_close_to_exact(monkeypatch):
+    """Cells of ~16 texts (so a text sees 8 of ~25 cells): the candidates' similarity stays within
+    3 % of the exact candidates' on average, and the rules hold for every row."""
+    import reid.data.pairs as pairs
+
+    monkeypatch.setattr(pairs, "CELL_SIZE", 16)
+    texts, pids, valid = _random_table(n=400, num_ids=40, seed=2)
+    exact = hard_candidates(texts, pids, valid, 3, search="exact")
+    approx = hard_candidates(texts, pids, valid, 3, search="approximate")
+    assert np.mean(_mean_similarity(texts, valid, approx)) >= 0.97 * np.mean(_mean_similarity(texts, valid, exact))
+    assert sum(map(len, approx)) >= 0.95 * sum(map(len, exact))
+    norm = [" ".join(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", t.lower())) for t in texts]
+    for row in np.flatnonzero(valid):
+        assert all(pids[c] != pids[row] and valid[c] and norm[c] != norm[row] for c in approx[row])
+
+
+def test_sketch_keeps_frequent_words_exact_and_hashes_the_rest():
+    """Over 256 words, the 128 most frequent keep their own coordinate: texts made of them have
+    the same cosine in the sketch as in TF-IDF; the sketch of rare words is unbiased (random signs)."""
+    import torch
+
+    from reid.data.pairs import _sketch, _tfidf
+
+    common = [f"c{i}" for i in range(100)]
+    rare = [f"r{i}" for i in range(400)]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(common, 5)) for _ in range(300)] + [" ".join(rng.choice(rare, 3)) for _ in range(200)]
+    matrix = _tfidf(texts)
+    assert matrix.shape[1] > 256
+    sketch = _sketch(matrix)
+    dense = matrix.to_dense()
+    exact = dense[:300] @ dense[:300].T
+    torch.testing.assert_close(sketch[:300] @ sketch[:300].T, exact, atol=1e-5, rtol=0)
+    gap = (sketch[300:] @ sketch[300:].T - dense[300:] @ dense[300:].T).fill_diagonal_(0)
+    assert abs(float(gap.mean())) < 0.01 and float(gap.abs().max()) < 1.0

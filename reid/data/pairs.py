@@ -12,12 +12,23 @@ identity. Two ways to draw it (``data.negatives``):
   is never a candidate: it would describe the image correctly and make a false negative. Rows
   without a clothing part, and the rare row with no candidate, fall back to ``"random"``.
 
+Finding the most similar texts exactly compares every unique text with every other: quadratic,
+fine up to ~20k unique texts (seconds), hours at a million. Above :data:`EXACT_MAX_TEXTS` (or with
+``search="approximate"``) the search is an inverted-file index, as FAISS's IVF-Flat does it, in
+torch: each text becomes a fixed-width sketch of its TF-IDF vector (the most frequent words keep
+their own coordinate, the rare ones are hashed with a random sign into the rest, so inner products
+stay unbiased), two-level k-means puts the sketches into ~U/256 cells, and each cell's texts are
+compared with the texts of the :data:`PROBE_CELLS` cells nearest to it. Time and memory grow linearly in
+the number of texts; the agreement with the exact search is measured by ``bench/prep_speed.py``
+(BENCHMARKS.md).
+
 The draw takes a ``numpy.random.Generator`` seeded from the sampler's per-sample seed, so it is
 reproducible, independent of the number of workers, and different at every epoch.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections import Counter
@@ -29,6 +40,10 @@ import torch
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _EXTRA = 16  # similar texts looked at beyond top-k before a full sort is needed
 _CHUNK = 256  # query texts per similarity block: a block is (unique texts, _CHUNK) floats
+EXACT_MAX_TEXTS = 20_000  # "auto": exact search up to this many unique clothing texts
+SKETCH_DIM = 256  # width of the approximate search's text sketches
+CELL_SIZE = 256  # texts per k-means cell, on average
+PROBE_CELLS = 8  # cells searched per cell (its own and the nearest others)
 
 
 class NegativeSampler:
@@ -86,13 +101,17 @@ def _tfidf(texts: Sequence[str]) -> torch.Tensor:
 
 
 def hard_candidates(
-    cloth_texts: Sequence[str], pids: Sequence[int], valid: Sequence[bool], topk: int
+    cloth_texts: Sequence[str], pids: Sequence[int], valid: Sequence[bool], topk: int, search: str = "auto"
 ) -> list[list[int]]:
     """Per row: up to ``topk`` row indices of other identities with the most similar clothing text.
 
-    Rows without a clothing part get an empty list. Identical (normalised) texts are computed once,
-    and the similarity is taken block by block, so CUHK-PEDES' ~68k rows fit in a few hundred MB.
+    Rows without a clothing part get an empty list. Identical (normalised) texts are computed once.
+    ``search``: ``"exact"`` (every pair, block by block: quadratic time), ``"approximate"`` (the
+    inverted-file index of the module docstring: linear) or ``"auto"`` (exact up to
+    :data:`EXACT_MAX_TEXTS` unique texts).
     """
+    if search not in ("auto", "exact", "approximate"):
+        raise ValueError(f"search must be 'auto', 'exact' or 'approximate', got {search!r}")
     pids = np.asarray(pids, dtype=np.int64)
     text_of_row = np.full(len(pids), -1, dtype=np.int64)
     index: dict[str, int] = {}
@@ -108,6 +127,16 @@ def hard_candidates(
         return out
     matrix = _tfidf(unique)  # (U, V)
     depth = min(topk + _EXTRA, len(unique) - 1)
+    if search == "approximate" or (search == "auto" and len(unique) > EXACT_MAX_TEXTS):
+        ranked = _approximate_neighbours(matrix, depth)  # (U, depth)
+        for u in range(len(unique)):
+            order = [v for v in dict.fromkeys(ranked[u].tolist()) if v != u]  # padding repeats; never itself
+            for pid in {int(pids[r]) for r in rows_of_text[u]}:
+                picks = _pick(order, pid, topk, rows_of_text, pids)
+                for r in rows_of_text[u]:
+                    if pids[r] == pid:
+                        out[r] = picks
+        return out
     for start in range(0, len(unique), _CHUNK):
         stop = min(start + _CHUNK, len(unique))
         sims = _block(matrix, start, stop).T.contiguous()  # (chunk, U): top-k along rows is fast
@@ -122,6 +151,101 @@ def hard_candidates(
                 for r in rows_of_text[u]:
                     if pids[r] == pid:
                         out[r] = picks
+    return out
+
+
+def _sketch(matrix: torch.Tensor, dim: int = SKETCH_DIM, seed: int = 0) -> torch.Tensor:
+    """(U, dim) L2-normalised dense sketches of the CSR TF-IDF rows: the dim/2 most frequent words
+    (all of them when they fit) keep their own coordinate; each other word is added, with a random
+    sign, into one of the remaining coordinates (feature hashing: inner products stay unbiased)."""
+    num_texts, vocab = matrix.shape
+    cols, vals = matrix.col_indices(), matrix.values()
+    rows = torch.repeat_interleave(torch.arange(num_texts), matrix.crow_indices().diff())
+    if vocab <= dim:
+        target, sign = torch.arange(vocab), torch.ones(vocab)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        own = dim // 2
+        by_frequency = torch.argsort(torch.bincount(cols, minlength=vocab), descending=True, stable=True)
+        target = torch.empty(vocab, dtype=torch.int64)
+        target[by_frequency[:own]] = torch.arange(own)
+        target[by_frequency[own:]] = own + torch.randint(dim - own, (vocab - own,), generator=g)
+        sign = torch.ones(vocab)
+        sign[by_frequency[own:]] = torch.randint(2, (vocab - own,), generator=g).float() * 2 - 1
+    out = torch.zeros(num_texts, dim)
+    out.index_put_((rows, target[cols]), sign[cols] * vals, accumulate=True)
+    return torch.nn.functional.normalize(out, dim=1)
+
+
+def _kmeans(points: torch.Tensor, cells: int, iterations: int = 8, seed: int = 0) -> torch.Tensor:
+    """(cells, d) unit centroids of unit ``points`` (spherical k-means on a sample of 64 per cell)."""
+    g = torch.Generator().manual_seed(seed)
+    sample = points[torch.randperm(len(points), generator=g)[: 64 * cells]]
+    centroids = sample[torch.randperm(len(sample), generator=g)[:cells]].clone()
+    for _ in range(iterations):
+        nearest = (sample @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, sample)
+        empty = sums.norm(dim=1) == 0  # a cell nothing fell into keeps its centroid
+        centroids = torch.where(empty[:, None], centroids, torch.nn.functional.normalize(sums, dim=1))
+    return centroids
+
+
+def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of each point's most similar centroid, in blocks of 65536 points."""
+    return torch.cat([(points[i : i + 65536] @ centroids.T).argmax(dim=1) for i in range(0, len(points), 65536)])
+
+
+def _cells(sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-level k-means: ~sqrt(cells) coarse groups, each split into cells of ~CELL_SIZE texts, so
+    placing U texts costs U x 2 sqrt(U / CELL_SIZE) products, not U x U / CELL_SIZE. Returns
+    (cell of each text (U,), cell centroids (C, d))."""
+    num = len(sketch)
+    coarse = max(1, round(math.sqrt(max(1, num // CELL_SIZE))))
+    group_of = _nearest(sketch, _kmeans(sketch, coarse))
+    cell_of = torch.empty(num, dtype=torch.int64)
+    centroids = []
+    offset = 0
+    for g in range(coarse):
+        members = torch.nonzero(group_of == g).squeeze(1)
+        if len(members) == 0:
+            continue
+        fine = _kmeans(sketch[members], max(1, round(len(members) / CELL_SIZE)), seed=g + 1)
+        cell_of[members] = offset + _nearest(sketch[members], fine)
+        centroids.append(fine)
+        offset += len(fine)
+    return cell_of, torch.cat(centroids)
+
+
+def _approximate_neighbours(matrix: torch.Tensor, depth: int) -> torch.Tensor:
+    """(U, depth) per text: the ``depth`` most similar other texts by sketch cosine, most similar
+    first, searched in the text's k-means cell and the :data:`PROBE_CELLS` - 1 cells whose centroids
+    are nearest its cell's (rows with fewer texts in reach repeat their last neighbour)."""
+    sketch = _sketch(matrix)  # (U, d)
+    num = len(sketch)
+    cell_of, centroids = _cells(sketch)
+    cells = len(centroids)
+    order = torch.argsort(cell_of, stable=True)
+    counts = torch.bincount(cell_of, minlength=cells)
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    counts = counts.tolist()
+    affinity = torch.cat([centroids[i : i + 4096] @ centroids.T for i in range(0, cells, 4096)])  # (C, C): small
+    affinity.fill_diagonal_(-2.0)
+    probes = affinity.topk(min(PROBE_CELLS - 1, cells - 1), dim=1).indices.tolist() if cells > 1 else [[]]
+    out = torch.empty(num, depth, dtype=torch.int64)
+    for c in range(cells):
+        members = order[starts[c] : starts[c] + counts[c]]
+        m = len(members)
+        if m == 0:
+            continue
+        pool = torch.cat([members] + [order[starts[k] : starts[k] + counts[k]] for k in probes[c]])  # own cell first
+        sims = sketch[members] @ sketch[pool].T  # (m, |pool|)
+        sims[torch.arange(m), torch.arange(m)] = -2.0  # never the same text
+        k = min(depth, len(pool) - 1)
+        if k < 1:
+            out[members] = members[:, None]  # a lone text: no neighbour (the caller drops itself)
+            continue
+        nearest = pool[sims.topk(k, dim=1).indices]  # (m, k)
+        out[members] = torch.cat([nearest, nearest[:, -1:].expand(-1, depth - k)], dim=1)
     return out
 
 

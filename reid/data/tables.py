@@ -88,7 +88,8 @@ def build_tables(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, root: Opti
             "max_length": cfg.text_max_length,
             "id_text": cfg.id_text,
             "splitter": SPLITTER_VERSION,
-            "negatives": [cfg.negatives, cfg.hard_topk if cfg.negatives == "hard" else 0],
+            "negatives": [cfg.negatives, cfg.hard_topk if cfg.negatives == "hard" else 0]
+            + ([cfg.hard_search] if cfg.negatives == "hard" and cfg.hard_search != "auto" else []),
         }
     )
     final = cache_root(cfg) / "tables" / f"{cfg.dataset}-{key}"
@@ -117,7 +118,7 @@ def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, root: Path, out:
         )
     if cfg.negatives == "hard":
         columns["neg_candidates"] = hard_candidates(
-            columns["cloth_caption"], columns["pid"], columns["cloth_valid"], cfg.hard_topk
+            columns["cloth_caption"], columns["pid"], columns["cloth_valid"], cfg.hard_topk, cfg.hard_search
         )
     tables = {"train": _tokenize(datasets.Dataset.from_dict(columns), tokenizer, cfg, f"{key}-train", train=True)}
     for split in format_spec(cfg.dataset).splits[1:]:
