@@ -4,9 +4,18 @@
         [--data-root DIR --dataset cuhk_pedes|icfg_pedes|rstpreid] [--json OUT]
         [key=value ...]
 
-Without ``--data-root`` the model is evaluated on the data it was trained on (its config's
-``data`` section; the synthetic default when that was empty). Prints the table of
-``reid.evaluation.format_report`` and, with ``--json``, writes the same numbers as JSON.
+Without --data-root the model is evaluated on the data it was trained on (its config's data
+section; the generated synthetic dataset when that was empty).
+
+Prints one row per protocol x retrieval mode: R1, R5, R10, mAP and mINP in percent (IRRA's
+definitions; every caption is a query, every image a gallery item), and R1 as a share of the
+attribute oracle's where the data has ground truth.
+  protocols: standard (every image of the split) and clothing-change (a caption's own outfit is
+             removed from its gallery; synthetic data only, it needs outfit labels)
+  modes:     standard (the whole caption), clothing-invariant (the caption's identity part against
+             the image's identity embedding), attribute oracle (the ceiling)
+On synthetic data it also prints linear-probe accuracies on frozen image features (clothing left in
+the identity embedding, identity facts kept) beside chance. --json writes the same numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from pathlib import Path
 from reid.config import load_config
 from reid.engine.accel import build_accelerator
 from reid.errors import report_user_errors
-from reid.evaluation import evaluate_split, format_report
+from reid.eval_report import format_report
+from reid.evaluation import evaluate_split
 from reid.export import load_exported
 
 

@@ -43,27 +43,6 @@ ORACLE = "oracle"
 # --------------------------------------------------------------------------------------------------
 
 
-def _protocol_stats(sim: Tensor, q_pids: Tensor, g_pids: Tensor, removed: Optional[Tensor], ks: tuple[int, ...]):
-    """Per query of a (c, G) chunk: hit within top k (c, K), AP (c,), INP (c,), has a hit (c,).
-
-    The definitions of :mod:`reid.metrics` (IRRA's), with ``removed`` (c, G) items taken out of
-    each query's gallery: ranked last and never a hit, which is the same as deleting them.
-    """
-    if removed is not None:
-        sim = sim.masked_fill(removed, float("-inf"))
-    order = torch.sort(sim, dim=1, descending=True, stable=True).indices  # (c, G)
-    matches = g_pids[order] == q_pids[:, None]  # (c, G) hit at each rank
-    if removed is not None:
-        matches &= ~removed.gather(1, order)
-    ranks = torch.arange(1, sim.shape[1] + 1, device=sim.device, dtype=torch.float64)  # (G,)
-    num_pos = matches.sum(1)  # (c,)
-    hits = matches.cumsum(1, dtype=torch.float64)  # (c, G) hits within the top r
-    k_cols = torch.tensor([min(k, sim.shape[1]) - 1 for k in ks], device=sim.device)
-    last = torch.where(matches, ranks, 0.0).amax(1)  # (c,) rank of the last hit
-    ap = (hits / ranks * matches).sum(1) / num_pos.clamp(min=1)
-    return hits[:, k_cols] > 0, ap, num_pos / last.clamp(min=1), num_pos > 0
-
-
 @torch.no_grad()
 def retrieval_metrics(
     query_embeds: Tensor,
@@ -75,35 +54,12 @@ def retrieval_metrics(
     gallery_groups: Optional[Tensor] = None,
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """R1/R5/R10/mAP/mINP (percent) and ``num_skipped`` (queries without a hit), as
-    :func:`reid.metrics.rank`, chunk by chunk over queries.
-
-    With ``query_groups`` (Q,) / ``gallery_groups`` (G,), the gallery items of a query's own group
-    are removed from its gallery (clothing-change: the group is the outfit). Without groups this is
-    exactly :func:`reid.metrics.rank_from_embeddings`.
-    """
-    if query_groups is None:
-        return rank_from_embeddings(query_embeds, gallery_embeds, query_pids, gallery_pids, KS, chunk_size)
-    device = gallery_embeds.device
-    query_embeds, query_pids, gallery_pids = query_embeds.to(device), query_pids.to(device), gallery_pids.to(device)
-    hit_at_k = torch.zeros(len(KS), dtype=torch.int64, device=device)
-    ap, inp = (torch.zeros(len(query_embeds), dtype=torch.float64, device=device) for _ in range(2))
-    num_valid = torch.zeros((), dtype=torch.int64, device=device)
-    for start in range(0, len(query_embeds), chunk_size):
-        rows = slice(start, start + chunk_size)
-        sim = query_embeds[rows] @ gallery_embeds.T  # (c, G)
-        removed = query_groups[rows].to(device)[:, None] == gallery_groups.to(device)[None]  # (c, G)
-        at_k, ap[rows], inp[rows], valid = _protocol_stats(sim, query_pids[rows], gallery_pids, removed, KS)
-        hit_at_k += at_k.sum(0)  # queries without a hit add 0 everywhere
-        num_valid += valid.sum()
-    count = int(num_valid)
-    if count == 0:
-        raise ValueError(f"none of the {len(query_embeds)} queries has a hit left in its gallery under this protocol")
-    scale = 100.0 / count  # as reid.metrics computes it, so equal counts give equal floats
-    result = {f"R{k}": v * scale for k, v in zip(KS, hit_at_k.tolist())}
-    result.update(mAP=float(ap.sum()) * scale, mINP=float(inp.sum()) * scale)
-    result["num_skipped"] = len(query_embeds) - count
-    return result
+    """R1/R5/R10/mAP/mINP (percent) and ``num_skipped`` (queries without a hit) under a protocol:
+    :func:`reid.metrics.rank_from_embeddings` at :data:`KS`, whose ``query_groups`` (Q,) /
+    ``gallery_groups`` (G,) remove the gallery items of a query's own group (clothing-change: the
+    group is the outfit)."""
+    return rank_from_embeddings(query_embeds, gallery_embeds, query_pids, gallery_pids, KS, chunk_size,
+                                query_groups=query_groups, gallery_groups=gallery_groups)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,49 +254,3 @@ def _probes(model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accele
         train, _ = encode_gallery(model, loader, accelerator, len(train_paths))
     results = leakage_probes(train, train_paths, gallery, gallery_paths, gallery_pids, factors)
     return {name: r.to_dict() for name, r in results.items()}
-
-
-def _mode_label(mode: str) -> str:
-    if mode == ORACLE:
-        return "attribute oracle"
-    return MODES[mode]
-
-
-# Probe sources as the report names them: the 256-d identity embedding the clothing-invariant mode
-# ranks with, and the raw branch features (H) below the shared heads.
-_SOURCE_LABELS = {"identity": "identity embedding", "id": "id_embeds", "cloth": "cloth_embeds"}
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The table ``launch/evaluate.py`` prints: every (protocol, mode) row, R1 as a share of the
-    oracle's where there is one, the probes and the timings."""
-    from reid.disentangle_eval import LEAKAGE
-
-    lines = [f"{report['dataset']} {report['split']!r} split ({report['root']}): {report['num_gallery']} images, "
-             f"{report['num_queries']} queries, {report['num_processes']} process(es); standard mode: "
-             f"{report['standard_form']} score",
-             f"{'protocol':<17}{'mode':<30}" + "".join(f"{m:>8}" for m in METRICS) + f"{'R1/oracle':>11}"]
-    for protocol, by_mode in report["retrieval"].items():
-        oracle = by_mode.get(ORACLE, {}).get("R1")
-        for mode, m in by_mode.items():
-            share = f"{100 * m['R1'] / oracle:10.1f}%" if oracle and mode != ORACLE else ""
-            lines.append(f"{PROTOCOLS[protocol]:<17}{_mode_label(mode):<30}"
-                         + "".join(f"{m[name]:8.2f}" for name in METRICS) + share)
-    dis = report.get("disentangle")
-    if dis:
-        if "probes" in dis:
-            lines.append(f"{'linear probe (frozen features)':<47}{'accuracy':>10}{'chance':>8}")
-            for name, p in dis["probes"].items():
-                source, target = name.split("_to_")
-                kind = "leakage" if (source, target) in LEAKAGE else "reference"
-                label = f"{_SOURCE_LABELS.get(source, source)} -> {target.replace('_', ' ')} ({kind})"
-                lines.append(f"{label:<47}{p['accuracy']:10.2f}{p['chance']:8.2f}")
-        if "mean_abs_cos_id_cloth" in dis:
-            lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
-    sec = report["seconds"]
-    timing = f"time: encode {sec['encode']:.2f} s, rank {sec['rank']:.3f} s"
-    if "probes" in sec:
-        timing += f", probes {sec['probes']:.2f} s"
-    lines.append(timing)
-    lines += [f"note: {n}" for n in report["notes"]]
-    return "\n".join(lines)

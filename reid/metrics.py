@@ -13,6 +13,11 @@ Ranking order: by similarity, descending; equal similarities keep ascending gall
 sort), so the ranking is deterministic and the same on every device. The numbers are bit-identical
 for every ``chunk_size``; CPU and CUDA agree up to float32 rounding of the per-query AP / INP.
 
+**Removed items.** :func:`rank_from_embeddings` takes optional ``query_groups`` / ``gallery_groups``:
+the gallery items of a query's own group are removed from its gallery — ranked last and never a
+hit, which is the same as deleting them (the clothing-change protocol: the group is the outfit).
+Every ranking in the project goes through one kernel (:func:`_chunk_stats`).
+
 Queries with no hit in the gallery (IRRA divides by zero there) are skipped: they count in none of
 the averages and their number is returned as ``num_skipped``. If every query is skipped the function
 raises ``ValueError``, as it does for NaN similarities and for inputs whose shapes do not fit.
@@ -73,20 +78,30 @@ def rank_from_embeddings(
     gallery_pids: ArrayLike,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
+    *,
+    query_groups: ArrayLike | None = None,
+    gallery_groups: ArrayLike | None = None,
 ) -> dict[str, float]:
     """:func:`rank` of ``query_embeds @ gallery_embeds.T``, computed ``chunk_size`` rows at a time.
 
     The similarity is the dot product, i.e. cosine similarity for L2-normalised embeddings (the
     caller normalises). The full (Q, G) matrix is never built; queries are moved to the gallery's
-    device and dtype.
+    device and dtype. With ``query_groups`` (Q,) and ``gallery_groups`` (G,), each query's own
+    group is removed from its gallery (module docstring).
     """
     query_embeds, gallery_embeds = _check_embeds(query_embeds, gallery_embeds)
     query_pids, gallery_pids = _check_pids(
         query_pids, gallery_pids, len(query_embeds), len(gallery_embeds), gallery_embeds.device
     )
     ks, chunk_size = _check_ks(ks), _check_chunk_size(chunk_size)
+    groups = None
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError("query_groups and gallery_groups go together: give both or neither")
+    if query_groups is not None:
+        groups = _check_pids(query_groups, gallery_groups, len(query_embeds), len(gallery_embeds),
+                             gallery_embeds.device, names=("query_groups", "gallery_groups"))
     chunks = _similarity_chunks(query_embeds, gallery_embeds, chunk_size)
-    return _rank_chunks(chunks, query_pids, gallery_pids, ks)
+    return _rank_chunks(chunks, query_pids, gallery_pids, ks, groups)
 
 
 @torch.no_grad()
@@ -121,8 +136,10 @@ def _rank_chunks(
     query_pids: torch.Tensor,
     gallery_pids: torch.Tensor,
     ks: tuple[int, ...],
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Accumulate per-query statistics over (start row, (c, G) similarity) chunks."""
+    """Accumulate per-query statistics over (start row, (c, G) similarity) chunks; ``groups``
+    (query groups (Q,), gallery groups (G,)) removes each query's own group from its gallery."""
     device, num_gallery = gallery_pids.device, len(gallery_pids)
     if num_gallery >= 2**24:  # ranks and hit counts are float32, exact only below 2**24
         raise ValueError(f"the gallery has {num_gallery} items; at most {2**24 - 1} are supported")
@@ -138,8 +155,9 @@ def _rank_chunks(
     for start, sim in chunks:
         end = start + len(sim)
         has_nan |= torch.isnan(sim).any()
+        removed = None if groups is None else groups[0][start:end, None] == groups[1][None, :]  # (c, G)
         hit_at_k, ap[start:end], inp[start:end], valid = _chunk_stats(
-            sim, query_pids[start:end], gallery_pids, ranks, k_cols
+            sim, query_pids[start:end], gallery_pids, ranks, k_cols, removed
         )
         # Queries without a hit have hit_at_k = ap = inp = 0, so plain sums skip them.
         hits_at_k += hit_at_k.sum(0)
@@ -148,6 +166,8 @@ def _rank_chunks(
     if bool(has_nan):
         raise ValueError("similarity contains NaN; check the embeddings (a diverged model?)")
     num_valid_int = int(num_valid)
+    if num_valid_int == 0 and groups is not None:
+        raise ValueError(f"none of the {len(query_pids)} queries has a hit left in its gallery under this protocol")
     if num_valid_int == 0:
         raise ValueError(
             f"none of the {len(query_pids)} queries has a matching person id in the gallery of "
@@ -167,10 +187,16 @@ def _chunk_stats(
     gallery_pids: torch.Tensor,
     ranks: torch.Tensor,
     k_cols: torch.Tensor,
+    removed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per query of one chunk: hit within top k (c, K), AP (c,), INP (c,), has a hit (c,)."""
+    """Per query of one chunk: hit within top k (c, K), AP (c,), INP (c,), has a hit (c,).
+    ``removed`` (c, G): items taken out of each query's gallery (ranked last, never a hit)."""
+    if removed is not None:
+        sim = sim.masked_fill(removed, float("-inf"))
     order = torch.sort(sim, dim=1, descending=True, stable=True).indices  # (c, G)
     matches = gallery_pids[order] == query_pids[:, None]  # (c, G) hit at each rank
+    if removed is not None:
+        matches &= ~removed.gather(1, order)
     del order
     num_pos = matches.sum(1)  # (c,)
     # float32 counts are exact up to 2**24 gallery items; cheaper than int64 and divisible in place.
@@ -218,11 +244,12 @@ def _check_pids(
     num_queries: int,
     num_gallery: int,
     device: torch.device,
+    names: tuple[str, str] = ("query_pids", "gallery_pids"),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     checked = []
     for name, pids, expected, what in (
-        ("query_pids", query_pids, num_queries, "queries (rows)"),
-        ("gallery_pids", gallery_pids, num_gallery, "gallery items (columns)"),
+        (names[0], query_pids, num_queries, "queries (rows)"),
+        (names[1], gallery_pids, num_gallery, "gallery items (columns)"),
     ):
         pids = torch.as_tensor(pids)
         if pids.dim() == 1 and len(pids) != expected:

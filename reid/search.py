@@ -257,8 +257,32 @@ def rank_gallery(query: torch.Tensor, embeds: torch.Tensor, top_k: int) -> list[
     return [(int(i), float(s)) for i, s in zip(order[0], scores[0])]
 
 
+HELP = """Find the person a sentence describes in a gallery of images, with an exported reid model.
+
+Prints the top-k images, best first, with their scores, and writes a picture of them (--out).
+
+The score: in --mode clothing-invariant, the cosine between the sentence's identity part and the
+image's identity embedding (-1..1); in --mode standard, the cosine of the identity parts plus the
+cosine of the clothing parts (-2..2; a sentence without a clothing part scores identity alone), or
+one cosine of the whole sentence for a model without a clothing embedding.
+
+Hits: when the gallery is a labelled dataset split and the query's person is known, each image is
+framed green (that person) or red (someone else). The person is known from --pid, or when the
+query is one of the split's own captions (copied from its annotation file).
+
+The gallery: a folder of images (searched recursively, no labels), a dataset root in a supported
+annotation format (--split picks its images), or 'synthetic' (the model's generated dataset).
+Gallery embeddings are cached, so a second query over the same gallery only encodes the sentence.
+
+example:
+  reid-search --checkpoint runs/run/best --gallery synthetic \\
+      --query "A tall young man with short black hair in a red jacket and grey trousers." \\
+      --mode clothing-invariant --top-k 5 --out results.png
+"""
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="reid-search", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="reid-search", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="an exported model: <run>/best or <run>/final")
     parser.add_argument("--gallery", required=True, help="a folder of images, a dataset root, or 'synthetic'")
     parser.add_argument("--query", required=True, help="the sentence describing the person")
@@ -320,6 +344,15 @@ def search(
     return SearchResult(encoded, where, hits, len(kept), cached, warnings)
 
 
+def score_meaning(mode: str, form: str) -> str:
+    """What a hit's score is, in words (the grid's note)."""
+    if mode == "standard" and form == "composed":
+        return "cosine of identity parts + cosine of clothing parts"
+    if mode == "standard":
+        return "cosine of the whole sentence"
+    return "cosine of the identity part"
+
+
 @report_user_errors
 def main(argv: Optional[list[str]] = None) -> int:
     """Search, print the ranking, write the picture; exit status 2 on a user error."""
@@ -336,7 +369,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     tiles = [Tile(h.path, r, h.score, _name(h.path, gallery.root), None if pid is None else h.pid == pid)
              for r, h in enumerate(hits, start=1)]
     notes = [f"top {len(hits)} of {result.num_searched} {gallery.description} · {args.mode} mode",
-             f"model {args.checkpoint}"]
+             f"score = {score_meaning(result.query.mode, result.query.form)}", f"model {args.checkpoint}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     render_grid(args.query.strip(), tiles, notes, pid).save(args.out)
     print(f"wrote {args.out}")

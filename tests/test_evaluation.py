@@ -17,7 +17,8 @@ from reid.config import load_config
 from reid.data import build_eval_data, build_tokenizer, keys
 from reid.disentangle_eval import cross_outfit_probe, linear_probe, load_factors, mean_abs_cos, outfit_folds
 from reid.encoding import encode_gallery, encode_queries
-from reid.evaluation import METRICS, evaluate, evaluate_split, format_report, retrieval_metrics, split_truth
+from reid.eval_report import format_report
+from reid.evaluation import METRICS, evaluate, evaluate_split, retrieval_metrics, split_truth
 from reid.export import load_exported
 from reid.metrics import rank_from_embeddings
 from reid.model.model import PAIR_IMAGE_EMBEDS, PAIR_TEXT_EMBEDS
@@ -76,7 +77,8 @@ def test_without_a_protocol_it_is_exactly_rank_from_embeddings() -> None:
 def test_a_protocol_that_leaves_no_hit_raises() -> None:
     q, gal, qp, gp, _, _ = random_problem(seed=4)
     with pytest.raises(ValueError, match="has a hit left"):  # every gallery item in every query's group
-        retrieval_metrics(q, gal, qp, gp, query_groups=torch.zeros(len(q)), gallery_groups=torch.zeros(len(gal)))
+        retrieval_metrics(q, gal, qp, gp, query_groups=torch.zeros(len(q), dtype=torch.long),
+                          gallery_groups=torch.zeros(len(gal), dtype=torch.long))
 
 
 def test_forward_image_dispatch_returns_branch_features_and_pair_dispatch_scores() -> None:

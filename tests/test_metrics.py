@@ -179,3 +179,26 @@ def test_embedding_functions_reject_bad_inputs():
         rank_from_embeddings(torch.rand(2, 4), torch.rand(3, 4), [0, 1], [0, 1])
     with pytest.raises(ValueError, match="k must be a positive integer"):
         topk_indices(torch.rand(2, 4), torch.rand(3, 4), k=0)
+
+
+def test_removing_a_group_is_deleting_its_items_from_that_query_s_gallery() -> None:
+    """The clothing-change removal in the one ranking kernel: each query ranked alone on its gallery
+    with its own group's items deleted gives the same numbers."""
+    g = torch.Generator().manual_seed(7)
+    q, gal = torch.randn(9, 4, generator=g), torch.randn(14, 4, generator=g)
+    qp, gp = torch.randint(0, 3, (9,), generator=g), torch.randint(0, 3, (14,), generator=g)
+    qg, gg = torch.randint(0, 4, (9,), generator=g), torch.randint(0, 4, (14,), generator=g)
+    qp[0] = 9  # nobody in the gallery: skipped
+    gg[gp == qp[1]] = qg[1]  # every image of query 1's person in its own group: skipped
+    grouped = rank_from_embeddings(q, gal, qp, gp, chunk_size=4, query_groups=qg, gallery_groups=gg)
+    per_query = []
+    for i in range(len(q)):
+        keep = gg != qg[i]
+        if (gp[keep] == qp[i]).any():
+            per_query.append(rank_from_embeddings(q[i : i + 1], gal[keep], qp[i : i + 1], gp[keep]))
+    assert grouped["num_skipped"] == len(q) - len(per_query) > 0
+    for name in ("R1", "R5", "R10", "mAP", "mINP"):
+        want = sum(r[name] for r in per_query) / len(per_query)
+        assert grouped[name] == pytest.approx(want, abs=1e-4), name
+    with pytest.raises(ValueError, match="give both or neither"):
+        rank_from_embeddings(q, gal, qp, gp, query_groups=qg)
