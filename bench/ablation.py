@@ -40,6 +40,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "id_words": ([f"{W}.id_words=1"], "+ `id_words` 1 (the identity features name their identity words)"),
     "separate_heads": (["model.cloth_heads=separate"], "the clothing branch and clothing text on their own heads (`model.cloth_heads: separate`)"),
     "separate_heads_id_words": (["model.cloth_heads=separate", f"{W}.id_words=1"], "`separate_heads` + `id_words` 1"),
+    "separate_heads_id_words5": (["model.cloth_heads=separate", f"{W}.id_words=5"], "`separate_heads` + `id_words` 5"),
     "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),
     "no_cls_bio": ([f"{W}.cls=0", f"{W}.bio=0"], "without `cls` and `bio`"),
     "seed_info_nce": (["disentangle.info_nce.same_person=negative"], "the seed's InfoNCE (same-person keys as negatives)"),
