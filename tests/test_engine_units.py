@@ -104,3 +104,24 @@ def test_the_launchers_exit_is_a_stop_request():
         assert signal.getsignal(signal.SIGTERM) == stop._handle
     finally:
         stop.uninstall()
+
+
+def test_the_best_metrics_travel_in_the_checkpointed_state(tmp_path):
+    """The summary after --resume prints the best step's metrics: they are part of TrainState, saved
+    and loaded as Accelerate saves custom state (torch.save / torch.load with weights_only), and a
+    checkpoint from before the field existed still loads."""
+    import torch
+
+    from reid.engine.state import TrainState
+
+    state = TrainState(step=40, best_metric=31.5, best_step=30,
+                       best_metrics={"standard/standard/R1": 31.5, "clothing_change/clothing_invariant/R1": 12.25})
+    torch.save(state.state_dict(), tmp_path / "custom_checkpoint_0.pkl")
+    loaded = TrainState()
+    loaded.load_state_dict(torch.load(tmp_path / "custom_checkpoint_0.pkl", weights_only=True))
+    assert loaded == state
+    old = state.state_dict()
+    del old["best_metrics"]
+    before = TrainState()
+    before.load_state_dict(old)
+    assert before.best_metrics == {} and before.best_step == 30

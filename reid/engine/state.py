@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -20,8 +20,9 @@ class TrainState:
     sample_in_epoch: int = 0  # global samples of `epoch`'s order already consumed
     epoch_global_batch: int = 0  # data.batch_size x processes when `epoch` began (0: not begun)
     samples_seen: int = 0  # global samples consumed since the run began
-    best_metric: float = -1.0  # best val R1 so far
+    best_metric: float = -1.0  # best val value of eval.select so far
     best_step: int = -1
+    best_metrics: dict = field(default_factory=dict)  # every val metric at best_step (the summary's table)
     bad_steps_in_row: int = 0  # consecutive non-finite losses
     bad_steps_total: int = 0
     bad_images_total: int = 0
@@ -31,5 +32,5 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         for f in fields(self):
-            if f.name in state:
+            if f.name in state:  # a checkpoint from before best_metrics existed simply lacks it
                 setattr(self, f.name, type(getattr(self, f.name))(state[f.name]))

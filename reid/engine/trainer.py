@@ -105,7 +105,6 @@ class _Trainer:
         self.progress = None
         self.stop_pending = False
         self.last_lrs: dict[str, float] = {}
-        self.best_metrics: dict[str, float] = {}
 
     @property
     def backend(self) -> str:
@@ -198,7 +197,7 @@ class _Trainer:
         result.exports["final"] = self._export("final")
         if result.exports.get("best") is None and (self.ctx.run_dir / "best").exists():
             result.exports["best"] = self.ctx.run_dir / "best"
-        result.best_metrics = self.best_metrics
+        result.best_metrics = dict(self.state.best_metrics)
         return result
 
     def _end_of_epoch(self, result: FitResult) -> None:
@@ -354,7 +353,7 @@ class _Trainer:
         value = result.val_metrics.get(self.cfg.eval.select, -1.0)
         if value > self.state.best_metric:
             self.state.best_metric, self.state.best_step = value, self.state.step
-            self.best_metrics = dict(result.val_metrics)
+            self.state.best_metrics = dict(result.val_metrics)
             result.exports["best"] = self._export("best")
 
     def close(self, quiet: bool = False) -> None:
