@@ -109,7 +109,10 @@ class DataConfig:
 class EncoderConfig:
     """A Hugging Face encoder: loaded from a local directory, or built from a preset (random init)."""
 
-    path: str = ""  # local directory with config.json + weights; "" = build `preset` from scratch
+    # Local directory with config.json + weights; "" = build `preset` from scratch. Its config.json
+    # model_type must be vit (images) / bert (text), and every tensor must fit, or loading stops
+    # naming the ones that do not.
+    path: str = ""
     preset: Literal["tiny", "small", "base"] = "tiny"  # sizes when path is "": tiny (64-d, 2 layers), small (ViT-S), base (ViT-B / BERT-base)
     # ViT patch side of a preset image encoder; 0 = 16 (a loaded ViT keeps its own: setting it is an error)
     patch_size: int = 0

@@ -2,7 +2,8 @@
 
 Either loaded from a local directory (``local_files_only``: nothing is downloaded during training)
 or built from a size preset with random weights (tests, the synthetic default, benchmarks without
-weights). Both use PyTorch's SDPA attention.
+weights). Both use PyTorch's SDPA attention. Loading is strict (:mod:`reid.model.loading`): the
+directory must hold a ViT / BERT (its ``config.json`` ``model_type``) and every tensor must fit.
 
 ``transformers`` is imported inside the builders: importing it costs several seconds on CPU, and
 code that only needs the model's types (or a spawned test process) should not pay for it.
@@ -11,13 +12,13 @@ code that only needs the model's types (or a spawned test process) should not pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from reid.config import EncoderConfig
-from reid.errors import ConfigError, MissingWeightsError
+from reid.errors import ConfigError
+from reid.model.loading import load_strict, local_dir, model_type
 
 PATCH_SIZE = 16  # a preset is a /16 ViT, like the seed's vit-base-patch16-224, unless patch_size says
 TEXT_MAX_POSITIONS = 512  # BERT's position table; data.text_max_length must stay below it
@@ -37,33 +38,6 @@ PRESETS = {
     "base": Preset(hidden=768, layers=12, heads=12, mlp=3072),  # ViT-B/16 and BERT-base sizes
 }
 
-_EXAMPLES = {"image": "google/vit-base-patch16-224", "text": "google-bert/bert-base-uncased"}
-
-
-def _local_dir(path: str, where: str, kind: str) -> Path:
-    root = Path(path).expanduser()
-    if not (root / "config.json").is_file():
-        what = "does not exist" if not root.exists() else "has no config.json"
-        raise MissingWeightsError(
-            f"{where}.path: '{path}' {what}; download the weights there first, e.g. "
-            f"`hf download {_EXAMPLES[kind]} --local-dir {path}` (or set {where}.path to '' "
-            f"to build {where}.preset with random weights)"
-        )
-    return root
-
-
-def _from_pretrained(cls: type, root: Path, where: str, kind: str) -> nn.Module:
-    try:
-        return cls.from_pretrained(
-            str(root), local_files_only=True, add_pooling_layer=False, attn_implementation="sdpa"
-        )
-    except OSError as exc:  # e.g. config.json present but no weight file
-        raise MissingWeightsError(
-            f"{where}.path: cannot load weights from '{root}' ({str(exc).splitlines()[0]}); "
-            f"download them first, e.g. `hf download {_EXAMPLES[kind]} --local-dir {root}`"
-        ) from None
-
-
 def _check_patch_multiple(image_size: tuple[int, int], patch: int) -> None:
     if image_size[0] % patch or image_size[1] % patch:
         raise ConfigError(
@@ -79,7 +53,9 @@ def build_image_encoder(
 
     image_size = (int(image_size[0]), int(image_size[1]))
     if cfg.path:
-        encoder = _from_pretrained(ViTModel, _local_dir(cfg.path, where, "image"), where, "image")
+        root = local_dir(cfg.path, where, "image")
+        model_type(root, where, "image")
+        encoder = load_strict(ViTModel, root, where, "image", add_pooling_layer=False)
         patch = encoder.config.patch_size
         _check_patch_multiple(image_size, patch if isinstance(patch, int) else patch[0])
         resize_position_embeddings(encoder, image_size)
@@ -140,7 +116,9 @@ def build_text_encoder(
     from transformers import BertConfig, BertModel
 
     if cfg.path:
-        encoder = _from_pretrained(BertModel, _local_dir(cfg.path, where, "text"), where, "text")
+        root = local_dir(cfg.path, where, "text")
+        model_type(root, where, "text")
+        encoder = load_strict(BertModel, root, where, "text", add_pooling_layer=False)
         if vocab_size is not None and vocab_size > encoder.config.vocab_size:
             raise ConfigError(
                 f"{where}.path: '{cfg.path}' has {encoder.config.vocab_size} token embeddings but the "
