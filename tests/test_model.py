@@ -372,10 +372,10 @@ def test_a_bert_directory_given_as_the_image_encoder_is_one_error(tmp_path: Path
     BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(tmp_path / "bert")
     with pytest.raises(ConfigError, match=r"model.image_encoder.path: '.*bert' holds a 'bert' model \(config.json "
-                                          r"model_type\), which is not an image encoder; accepted: vit"):
+                                          r"model_type\), which is not an image encoder; accepted: vit, clip, clip_vision_model"):
         build_image_encoder(EncoderConfig(path=str(tmp_path / "bert")), (32, 32))
     _vit(tmp_path)
-    with pytest.raises(ConfigError, match="holds a 'vit' model .* accepted: bert"):
+    with pytest.raises(ConfigError, match="holds a 'vit' model .* accepted: bert, clip, clip_text_model"):
         build_text_encoder(EncoderConfig(path=str(tmp_path / "vit")))
 
 

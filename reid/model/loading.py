@@ -3,9 +3,10 @@
 ``from_pretrained`` loads whatever fits and lists the rest in a log: a BERT directory given as the
 image encoder became a randomly initialised ViT, and training went on. Here every tensor the encoder
 builds must come from the directory, with its shape. Beyond those, a directory may only hold heads
-that our encoders do not build (:data:`HEADS`). Anything else is one :class:`ConfigError` naming the
-config key, the directory and the first tensors at fault; the directory's ``config.json``
-``model_type`` is checked before any weights are read.
+that our encoders do not build (:data:`HEADS`) and, for a full CLIP directory read by one tower, the
+other tower's tensors. Anything else is one :class:`ConfigError` naming the config key, the
+directory and the first tensors at fault; the directory's ``config.json`` ``model_type`` is checked
+before any weights are read.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from torch import nn
 
 from reid.errors import ConfigError, MissingWeightsError
 
-# The model types each encoder accepts.
-ACCEPTED = {"image": ("vit",), "text": ("bert",)}
+# The model types each encoder accepts, and the builder path each one takes.
+ACCEPTED = {"image": ("vit", "clip", "clip_vision_model"), "text": ("bert", "clip", "clip_text_model")}
 EXAMPLES = {"image": "google/vit-base-patch16-224", "text": "google-bert/bert-base-uncased"}
 # Heads of the usual checkpoints that our encoders leave out: the pooler (built without), the
 # classifier of google/vit-base-patch16-224 (a ViTForImageClassification) and the pre-training
 # heads `cls.*` of bert-base-uncased (a BertForPreTraining).
 HEADS = ("pooler.", "classifier.", "cls.")
+# What a full CLIP directory holds besides one tower: the other tower, its projection, the logit scale.
+OTHER_TOWER = {
+    "image": ("text_model.", "text_projection.", "logit_scale"),
+    "text": ("vision_model.", "visual_projection.", "logit_scale"),
+}
 SHOWN = 3  # tensors named per kind of misfit
 
 
