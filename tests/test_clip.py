@@ -296,6 +296,16 @@ def test_a_directory_without_weights_is_one_error(clip_dir: Path, tmp_path: Path
         build_text_encoder(EncoderConfig(path=str(empty)))
 
 
+def test_the_clip_config_is_irras_recipe() -> None:
+    cfg = load_config(REPO / "configs" / "cuhk_pedes_clip.yaml")
+    assert cfg.model.image_encoder.path == cfg.model.text_encoder.path == "weights/clip-vit-base-patch16"
+    assert cfg.data.image_size == (384, 128) and cfg.data.text_max_length == 77 and cfg.data.batch_size == 64
+    assert (cfg.optim.lr, cfg.optim.head_lr) == (1e-5, 5e-5) and cfg.optim.min_lr_ratio == 0.0
+    assert cfg.optim.warmup_steps == 5 * (68126 // 64)  # 5 epochs of CUHK-PEDES captions at batch 64
+    assert cfg.train.epochs == 60 and cfg.disentangle.temperature == 0.02
+    assert not cfg.disentangle.learnable_temperature and cfg.model.text_pool == "cls"
+
+
 # --------------------------------------------------------------------------------------- end to end
 TRAIN = str(REPO / "launch" / "train.py")
 EVALUATE = str(REPO / "launch" / "evaluate.py")
