@@ -64,9 +64,11 @@ class DataConfig:
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     cache_dir: str = ""  # arrow / tokenizer / synthetic cache; "" = $REID_CACHE or ~/.cache/reid
     image_size: tuple[int, int] = (224, 224)  # (H, W) fed to the image encoder
-    pixel_mean: Optional[tuple[float, float, float]] = None  # None = the encoder's statistics
-    pixel_std: Optional[tuple[float, float, float]] = None  # None = the encoder's statistics
-    text_max_length: int = 100  # tokens per text at most (batches pad to their longest)
+    # None = the image encoder's statistics (image_mean / image_std of its directory's
+    # preprocessor_config.json, e.g. CLIP's), else 0.5
+    pixel_mean: Optional[tuple[float, float, float]] = None
+    pixel_std: Optional[tuple[float, float, float]] = None  # None = the encoder's statistics, as pixel_mean
+    text_max_length: int = 100  # tokens per text at most (batches pad to their longest); CLIP reads <= 77
     tokenizer: str = ""  # "" = the text encoder's directory, or a vocabulary built for the data
     id_text: Literal["id", "full"] = "id"  # which text trains the identity branch
     # Probability that each segment of the identity text is left out of a training sample (one
@@ -113,7 +115,11 @@ class DataConfig:
 class EncoderConfig:
     """A Hugging Face encoder: loaded from a local directory, or built from a preset (random init)."""
 
-    path: str = ""  # local directory with config.json + weights; "" = build `preset` from scratch
+    # Local directory with config.json + weights; "" = build `preset` from scratch. Its config.json
+    # model_type picks the encoder: vit (images) / bert (text), or CLIP: clip (a whole CLIP
+    # directory, as downloaded: this encoder's tower is read from it), clip_vision_model,
+    # clip_text_model. Every tensor must fit, or loading stops naming the ones that do not.
+    path: str = ""
     preset: Literal["tiny", "small", "base"] = "tiny"  # sizes when path is "": tiny (64-d, 2 layers), small (ViT-S), base (ViT-B / BERT-base)
     # ViT patch side of a preset image encoder; 0 = 16 (a loaded ViT keeps its own: setting it is an error)
     patch_size: int = 0
@@ -152,7 +158,8 @@ class ModelConfig:
     embed_dim: int = 256  # image_mlp / text_mlp output, the retrieval embedding
     mlp_dropout: float = 0.2  # the seed's Dropout(0.2) in image_mlp / text_mlp
     # Text feature: BERT's [CLS] (the seed) or the mean over tokens. A [CLS] token trained from
-    # scratch (the tiny synthetic default) learns far slower than a mean: see docs/model.md.
+    # scratch (the tiny synthetic default) learns far slower than a mean: see docs/model.md. A CLIP
+    # text encoder is always pooled at its end-of-text token (its text_embeds): "mean" is an error there.
     text_pool: Literal["cls", "mean"] = "cls"
     # Heads of the clothing branch and the clothing text. "shared" (the seed): the same shared_mlp,
     # image_mlp and text_mlp as identity, one 256-d space for both. "separate": their own copies

@@ -120,7 +120,8 @@ def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> 
     }
     model = build_model(
         cfg.model, cfg.disentangle, num_classes=int(meta["num_classes"]), image_size=tuple(meta["image_size"]),
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, encoder_configs=encoder_configs,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        text_max_length=cfg.data.text_max_length, encoder_configs=encoder_configs,
     )
     state = load_state_dict(directory)
     own = model.state_dict()

@@ -177,7 +177,8 @@ def _metadata(path: Path) -> dict[str, str]:
 def _token_ids(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], list[str]]:
     """Token ids of ``text`` and the words the vocabulary does not know."""
     enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    unknown = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == tokenizer.unk_token_id]
+    # b > a: a CLIP tokenizer's unknown token is <|endoftext|>, which it also adds (at an empty span)
+    unknown = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == tokenizer.unk_token_id and b > a]
     return enc["input_ids"], unknown
 
 

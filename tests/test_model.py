@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reid.config import DisentangleConfig, EncoderConfig, FusionConfig, ModelConfig
@@ -345,3 +346,67 @@ def test_hidden_size_mismatch_names_both_encoders() -> None:
     both = r"model.image_encoder \(preset 'tiny'\).*model.text_encoder \(preset 'small'\)"
     with pytest.raises(ConfigError, match=both):
         build_model(cfg, DisentangleConfig(), num_classes=CLASSES, image_size=SIZE, vocab_size=VOCAB)
+
+
+# ---------------------------------------------------------------------------------- strict loading
+def _vit(tmp_path: Path, name: str = "vit", head: str = "") -> Path:
+    from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8, num_labels=3)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config) if head == "classifier" else ViTModel(config, add_pooling_layer=head == "pooler")
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
+def edit_weights(directory: Path, edit) -> None:
+    state = load_file(str(directory / "model.safetensors"))
+    edit(state)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_bert_directory_given_as_the_image_encoder_is_one_error(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConfigError, match=r"model.image_encoder.path: '.*bert' holds a 'bert' model \(config.json "
+                                          r"model_type\), which is not an image encoder; accepted: vit, clip, clip_vision_model"):
+        build_image_encoder(EncoderConfig(path=str(tmp_path / "bert")), (32, 32))
+    _vit(tmp_path)
+    with pytest.raises(ConfigError, match="holds a 'vit' model .* accepted: bert, clip, clip_text_model"):
+        build_text_encoder(EncoderConfig(path=str(tmp_path / "vit")))
+
+
+def test_a_renamed_or_reshaped_tensor_is_named(tmp_path: Path) -> None:
+    renamed = _vit(tmp_path, "renamed")
+    edit_weights(renamed, lambda s: s.__setitem__("embeddings.cls_tokn", s.pop("embeddings.cls_token")))
+    with pytest.raises(ConfigError, match=r"model.image_encoder.path: the weights in '.*renamed' do not fit its "
+                                          r"ViTModel \(1 missing: embeddings.cls_token; 1 unexpected: embeddings.cls_tokn\)"):
+        build_image_encoder(EncoderConfig(path=str(renamed)), (32, 32))
+
+    reshaped = _vit(tmp_path, "reshaped")
+    edit_weights(reshaped, lambda s: s.__setitem__("layernorm.weight", torch.ones(7)))
+    with pytest.raises(ConfigError, match=r"1 of another shape: layernorm.weight \[7\] in the directory, \[32\] in the model"):
+        build_image_encoder(EncoderConfig(path=str(reshaped)), (32, 32))
+
+
+def test_the_heads_of_the_usual_checkpoints_are_left_out_quietly(tmp_path: Path, capfd) -> None:
+    """google/vit-base-patch16-224 is a ViTForImageClassification (classifier.*), bert-base-uncased a
+    BertForPreTraining (cls.*, bert.pooler.*); a saved pooler is not built either: all load, and
+    transformers' load report is not printed."""
+    from transformers import BertConfig, BertForPreTraining, BertModel, ViTModel
+
+    for head in ("classifier", "pooler"):
+        encoder = build_image_encoder(EncoderConfig(path=str(_vit(tmp_path, head, head))), (32, 32))
+        saved = ViTModel.from_pretrained(tmp_path / head, add_pooling_layer=False)
+        torch.testing.assert_close(encoder.state_dict(), saved.state_dict())
+    BertForPreTraining(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    encoder = build_text_encoder(EncoderConfig(path=str(tmp_path / "bert")))
+    torch.testing.assert_close(encoder.state_dict(), BertModel.from_pretrained(tmp_path / "bert", add_pooling_layer=False).state_dict())
+    capfd.readouterr()
+    build_image_encoder(EncoderConfig(path=str(tmp_path / "pooler")), (32, 32))
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.err + captured.out and "not sharded" not in captured.err

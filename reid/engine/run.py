@@ -83,7 +83,8 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     set_seed(cfg.train.seed)  # same initial weights whatever the data side drew
     model = build_model(
         cfg.model, cfg.disentangle, num_classes=train_data.num_classes, image_size=cfg.data.image_size,
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        text_max_length=cfg.data.text_max_length,
     )
     # build_model turns BatchNorm into the cross-rank SyncBatchNorm1d when world > 1.
     if cfg.train.compile:

@@ -1,8 +1,16 @@
-"""The Hugging Face encoders: a ViT for images, BERT for text.
+"""The Hugging Face encoders: a ViT or CLIP's vision tower for images, BERT or CLIP's text tower for text.
 
 Either loaded from a local directory (``local_files_only``: nothing is downloaded during training)
 or built from a size preset with random weights (tests, the synthetic default, benchmarks without
-weights). Both use PyTorch's SDPA attention.
+weights). All use PyTorch's SDPA attention. Loading is strict (:mod:`reid.model.loading`): the
+directory's ``config.json`` ``model_type`` picks the path (``vit`` / ``bert``; ``clip``,
+``clip_vision_model``, ``clip_text_model`` for CLIP), and every tensor must fit.
+
+A CLIP tower is loaded with its projection (``CLIPVisionModelWithProjection`` /
+``CLIPTextModelWithProjection``): its feature is the projected ``image_embeds`` / ``text_embeds``
+(``projection_dim`` wide, as IRRA uses them), the text pooled by transformers at the end-of-text
+token. What differs from ViT/BERT follows the directory: the patch size, the 77-token context, the
+tokenizer and the pixel statistics (its ``preprocessor_config.json``).
 
 ``transformers`` is imported inside the builders: importing it costs several seconds on CPU, and
 code that only needs the model's types (or a spawned test process) should not pay for it.
@@ -14,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from reid.config import EncoderConfig
-from reid.errors import ConfigError, MissingWeightsError
+from reid.errors import ConfigError
+from reid.model.loading import OTHER_TOWER, load_strict, local_dir, model_type
 
 PATCH_SIZE = 16  # a preset is a /16 ViT, like the seed's vit-base-patch16-224, unless patch_size says
 TEXT_MAX_POSITIONS = 512  # BERT's position table; data.text_max_length must stay below it
@@ -37,31 +46,16 @@ PRESETS = {
     "base": Preset(hidden=768, layers=12, heads=12, mlp=3072),  # ViT-B/16 and BERT-base sizes
 }
 
-_EXAMPLES = {"image": "google/vit-base-patch16-224", "text": "google-bert/bert-base-uncased"}
+
+def is_clip(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` is a CLIP tower (its config's ``model_type`` is ``clip_*``)."""
+    return str(getattr(getattr(encoder, "config", None), "model_type", "")).startswith("clip")
 
 
-def _local_dir(path: str, where: str, kind: str) -> Path:
-    root = Path(path).expanduser()
-    if not (root / "config.json").is_file():
-        what = "does not exist" if not root.exists() else "has no config.json"
-        raise MissingWeightsError(
-            f"{where}.path: '{path}' {what}; download the weights there first, e.g. "
-            f"`hf download {_EXAMPLES[kind]} --local-dir {path}` (or set {where}.path to '' "
-            f"to build {where}.preset with random weights)"
-        )
-    return root
-
-
-def _from_pretrained(cls: type, root: Path, where: str, kind: str) -> nn.Module:
-    try:
-        return cls.from_pretrained(
-            str(root), local_files_only=True, add_pooling_layer=False, attn_implementation="sdpa"
-        )
-    except OSError as exc:  # e.g. config.json present but no weight file
-        raise MissingWeightsError(
-            f"{where}.path: cannot load weights from '{root}' ({str(exc).splitlines()[0]}); "
-            f"download them first, e.g. `hf download {_EXAMPLES[kind]} --local-dir {root}`"
-        ) from None
+def feature_width(encoder: nn.Module) -> int:
+    """Width of the feature the model reads: CLIP's ``projection_dim``, else ``hidden_size``."""
+    config = encoder.config
+    return config.projection_dim if is_clip(encoder) else config.hidden_size
 
 
 def _check_patch_multiple(image_size: tuple[int, int], patch: int) -> None:
@@ -71,18 +65,29 @@ def _check_patch_multiple(image_size: tuple[int, int], patch: int) -> None:
         )
 
 
+def _pair(value: int | list | tuple) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 def build_image_encoder(
     cfg: EncoderConfig, image_size: tuple[int, int], where: str = "model.image_encoder"
 ) -> nn.Module:
-    """A ``ViTModel`` (no pooler) taking ``(B, 3, H, W)`` images of ``image_size = (H, W)``."""
+    """A ``ViTModel`` (no pooler) or a ``CLIPVisionModelWithProjection`` taking ``(B, 3, H, W)``
+    images of ``image_size = (H, W)``; a loaded one has its position embeddings resized to it."""
     from transformers import ViTConfig, ViTModel
 
     image_size = (int(image_size[0]), int(image_size[1]))
     if cfg.path:
-        encoder = _from_pretrained(ViTModel, _local_dir(cfg.path, where, "image"), where, "image")
-        patch = encoder.config.patch_size
-        _check_patch_multiple(image_size, patch if isinstance(patch, int) else patch[0])
-        resize_position_embeddings(encoder, image_size)
+        root = local_dir(cfg.path, where, "image")
+        kind = model_type(root, where, "image")
+        if kind == "vit":
+            encoder = load_strict(ViTModel, root, where, "image", add_pooling_layer=False)
+            _check_patch_multiple(image_size, _pair(encoder.config.patch_size)[0])
+            resize_position_embeddings(encoder, image_size)
+        else:
+            encoder = _load_clip_tower(root, kind, where, "image")
+            _check_patch_multiple(image_size, _pair(encoder.config.patch_size)[0])
+            resize_clip_position_embeddings(encoder, image_size)
     else:
         patch = cfg.patch_size or PATCH_SIZE
         _check_patch_multiple(image_size, patch)
@@ -102,6 +107,14 @@ def build_image_encoder(
     return encoder
 
 
+def _interpolate_grid(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """``(gh*gw, D)`` patch position embeddings -> ``(gh'*gw', D)``, bicubic on the patch grid."""
+    dim = pos.shape[-1]
+    grid = pos.reshape(1, *old_grid, dim).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
+    grid = nn.functional.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], dim).to(pos.dtype)
+
+
 @torch.no_grad()
 def resize_position_embeddings(encoder: nn.Module, image_size: tuple[int, int]) -> None:
     """Interpolate a ViT's patch position embeddings to ``image_size`` once, in place.
@@ -118,15 +131,86 @@ def resize_position_embeddings(encoder: nn.Module, image_size: tuple[int, int]) 
     old_grid = (old_size[0] // ph, old_size[1] // pw)
     new_grid = (image_size[0] // ph, image_size[1] // pw)
     pos = emb.position_embeddings  # (1, 1 + gh*gw, D)
-    dim = pos.shape[-1]
-    grid = pos[:, 1:].reshape(1, *old_grid, dim).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
-    grid = nn.functional.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos.dtype)
+    grid = _interpolate_grid(pos[0, 1:], old_grid, new_grid)[None]  # (1, gh'*gw', D)
     emb.position_embeddings = nn.Parameter(torch.cat([pos[:, :1], grid], dim=1))
     emb.patch_embeddings.image_size = tuple(image_size)
     emb.patch_embeddings.num_patches = new_grid[0] * new_grid[1]
     emb.image_size = tuple(image_size)
     encoder.config.image_size = list(image_size)
+
+
+class PatchGridEmbeddings(nn.Module):
+    """CLIP's vision embeddings on a fixed patch grid, square or not.
+
+    transformers' ``CLIPVisionEmbeddings`` takes only square images of its config's one-int
+    ``image_size`` (anything else needs ``interpolate_pos_encoding``, which resizes a square table on
+    every forward). This replacement keeps its parameter names (``class_embedding``,
+    ``patch_embedding``, ``position_embedding``), so state dicts do not change, and holds one
+    position per patch of an ``(H, W)`` image: ``positions`` ``(1 + gh*gw, D)``, resized once at load.
+    """
+
+    def __init__(self, embeddings: nn.Module, image_size: tuple[int, int], positions: Tensor) -> None:
+        super().__init__()
+        self.config = embeddings.config
+        self.embed_dim = embeddings.embed_dim
+        self.patch_size = embeddings.patch_size
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.num_patches = (self.image_size[0] // self.patch_size) * (self.image_size[1] // self.patch_size)
+        self.num_positions = self.num_patches + 1
+        assert tuple(positions.shape) == (self.num_positions, self.embed_dim), positions.shape
+        self.class_embedding = embeddings.class_embedding
+        self.patch_embedding = embeddings.patch_embedding
+        self.position_embedding = nn.Embedding.from_pretrained(positions, freeze=False)
+        self.register_buffer("position_ids", torch.arange(self.num_positions)[None], persistent=False)
+
+    def forward(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
+        size = tuple(pixel_values.shape[-2:])
+        if interpolate_pos_encoding or size != self.image_size:
+            raise ValueError(f"images of {size}: this encoder takes {self.image_size} (its position grid)")
+        weight = self.patch_embedding.weight
+        patches = self.patch_embedding(pixel_values.to(weight.dtype)).flatten(2).transpose(1, 2)  # (B, gh*gw, D)
+        cls = self.class_embedding.expand(pixel_values.shape[0], 1, -1)  # (B, 1, D)
+        return torch.cat([cls, patches], dim=1) + self.position_embedding(self.position_ids)
+
+
+@torch.no_grad()
+def resize_clip_position_embeddings(encoder: nn.Module, image_size: tuple[int, int]) -> None:
+    """Give a CLIP vision tower a :class:`PatchGridEmbeddings` for ``image_size``, its position
+    embeddings interpolated once (bicubic, the class position kept), e.g. 14x14 -> 24x8; the config
+    then says ``image_size: [H, W]`` (see :func:`encoders_from_configs`)."""
+    emb = encoder.vision_model.embeddings
+    old_side, patch = emb.image_size, emb.patch_size  # transformers' table is a square of one side
+    if (old_side, old_side) == tuple(image_size):
+        return
+    new_grid = (image_size[0] // patch, image_size[1] // patch)
+    pos = emb.position_embedding.weight  # (1 + g*g, D)
+    grid = _interpolate_grid(pos[1:], (old_side // patch, old_side // patch), new_grid)
+    encoder.vision_model.embeddings = PatchGridEmbeddings(emb, image_size, torch.cat([pos[:1], grid]))
+    encoder.config.image_size = list(image_size)
+
+
+def _load_clip_tower(root: Path, kind: str, where: str, part: str) -> nn.Module:
+    """One tower, with its projection, of a CLIP directory (``kind`` ``clip``: both towers; or
+    ``clip_vision_model`` / ``clip_text_model``: that tower alone)."""
+    from transformers import (
+        CLIPConfig,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    if kind == "clip":
+        full = CLIPConfig.from_pretrained(str(root), local_files_only=True)
+        config = full.vision_config if part == "image" else full.text_config
+        # CLIPModel builds both projections from the top-level projection_dim; the sub-configs may
+        # keep a default that differs from it.
+        config.projection_dim = full.projection_dim
+    else:
+        config = (CLIPVisionConfig if part == "image" else CLIPTextConfig).from_pretrained(str(root), local_files_only=True)
+    cls = CLIPVisionModelWithProjection if part == "image" else CLIPTextModelWithProjection
+    tolerated = OTHER_TOWER[part] if kind == "clip" else ()
+    return load_strict(cls, root, where, part, config=config, tolerated=tolerated)
 
 
 def build_text_encoder(
@@ -136,11 +220,17 @@ def build_text_encoder(
     pad_token_id: int = 0,
     where: str = "model.text_encoder",
 ) -> nn.Module:
-    """A ``BertModel`` (no pooler); a preset needs the tokenizer's ``vocab_size``."""
+    """A ``BertModel`` (no pooler) or a ``CLIPTextModelWithProjection``; a preset needs the
+    tokenizer's ``vocab_size``."""
     from transformers import BertConfig, BertModel
 
     if cfg.path:
-        encoder = _from_pretrained(BertModel, _local_dir(cfg.path, where, "text"), where, "text")
+        root = local_dir(cfg.path, where, "text")
+        kind = model_type(root, where, "text")
+        if kind == "bert":
+            encoder = load_strict(BertModel, root, where, "text", add_pooling_layer=False)
+        else:
+            encoder = _load_clip_tower(root, kind, where, "text")
         if vocab_size is not None and vocab_size > encoder.config.vocab_size:
             raise ConfigError(
                 f"{where}.path: '{cfg.path}' has {encoder.config.vocab_size} token embeddings but the "
@@ -170,13 +260,57 @@ def build_text_encoder(
     return encoder
 
 
+def align_end_of_text(encoder: nn.Module, eos_token_id: int | None, where: str) -> None:
+    """Make a CLIP text tower pool at the tokenizer's end-of-text token.
+
+    transformers pools at the first ``config.eos_token_id`` of each row, or, for configs saved
+    before transformers#24773 (``eos_token_id: 2``, as openai/clip-vit-base-patch16's), at the
+    largest token id. The tokenizer's own id is right in both cases, and in the config it is saved
+    with the export. (Padding after it is never seen: the text tower's attention is causal.)
+    """
+    if eos_token_id is None:
+        raise ConfigError(
+            f"{where}: a CLIP text encoder is pooled at the tokenizer's end-of-text token, but the "
+            "tokenizer (data.tokenizer, else the encoder's directory) has no eos_token"
+        )
+    encoder.config.eos_token_id = int(eos_token_id)
+    encoder.text_model.eos_token_id = int(eos_token_id)
+
+
 def encoders_from_configs(image_config, text_config) -> tuple[nn.Module, nn.Module]:
-    """ViT and BERT with random weights from saved Hugging Face configs (an export's encoders/)."""
-    from transformers import BertModel, ViTModel
+    """The encoders, with random weights, of saved Hugging Face configs (an export's encoders/):
+    ViT or CLIP vision tower, BERT or CLIP text tower, with the shapes their weights were saved with."""
+    from transformers import BertModel, CLIPTextModelWithProjection, ViTModel
 
     image_config._attn_implementation = "sdpa"
     text_config._attn_implementation = "sdpa"
-    return ViTModel(image_config, add_pooling_layer=False), BertModel(text_config, add_pooling_layer=False)
+    if image_config.model_type == "clip_vision_model":
+        image = _clip_vision_from_config(image_config)
+    else:
+        image = ViTModel(image_config, add_pooling_layer=False)
+    if text_config.model_type == "clip_text_model":
+        text = CLIPTextModelWithProjection(text_config)
+    else:
+        text = BertModel(text_config, add_pooling_layer=False)
+    return image, text
+
+
+def _clip_vision_from_config(config) -> nn.Module:
+    """A CLIP vision tower of a saved config whose ``image_size`` may be ``[H, W]``
+    (:func:`resize_clip_position_embeddings` wrote it): transformers builds a square one, whose
+    embeddings are then swapped for a :class:`PatchGridEmbeddings` of that grid."""
+    from transformers import CLIPVisionModelWithProjection
+
+    size = _pair(config.image_size)
+    config.image_size = size[0] if size[0] == size[1] else config.patch_size
+    encoder = CLIPVisionModelWithProjection(config)
+    if size[0] != size[1]:
+        emb = encoder.vision_model.embeddings
+        rows = (size[0] // emb.patch_size) * (size[1] // emb.patch_size) + 1
+        positions = emb.position_embedding.weight.new_zeros(rows, emb.embed_dim)  # the export's weights follow
+        encoder.vision_model.embeddings = PatchGridEmbeddings(emb, size, positions)
+    config.image_size = list(size) if size[0] != size[1] else size[0]
+    return encoder
 
 
 def describe(cfg: EncoderConfig, where: str) -> str:

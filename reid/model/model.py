@@ -1,6 +1,6 @@
 """T2IReIDModel: the seed's identity / clothing model, as one ``nn.Module`` holding everything trainable.
 
-    image -> ViT -> [CLS] h (B, H)
+    image -> ViT -> [CLS] h (B, H)            (a CLIP vision tower: its projected image_embeds)
       h -> id_projection -> ReLU -> id_embeds (B, H) -> id_classifier -> id_logits
         id_projection(h detached) -> ReLU -> GRL -> id_adversary -> L2 -> id_adv_embeds   (id_adv)
     h -> cloth_projection -> ReLU -> cloth_embeds (B, H)
@@ -8,6 +8,7 @@
              -> [GRL if disentangle.grl == cloth_branch] -> cloth branch
       [id_embeds; cloth branch] -> shared_mlp -> image_mlp -> L2 -> image_embeds, cloth_image_embeds
     [id; cloth; neg_cloth text] -> BERT -> [CLS] -> shared_mlp -> text_mlp -> L2 -> *_text_embeds
+                                  (a CLIP text tower: its projected text_embeds, at end-of-text)
 
 Heads that only serve one loss term (the id and adversary classifiers, the seed's decoupling
 projectors, the pair-matching bias, the fusion head) are built only when that term's weight is > 0:
@@ -29,7 +30,15 @@ from reid.config import LEARNABLE_TEMPERATURE_RANGE, DisentangleConfig, ModelCon
 from reid.data import keys
 from reid.errors import ConfigError
 from reid.losses.gather import world_size
-from reid.model.encoders import build_image_encoder, build_text_encoder, describe, encoders_from_configs
+from reid.model.encoders import (
+    align_end_of_text,
+    build_image_encoder,
+    build_text_encoder,
+    describe,
+    encoders_from_configs,
+    feature_width,
+    is_clip,
+)
 from reid.model.fusion import get_fusion_module
 from reid.model.grl import grad_reverse
 from reid.model.norm import convert_sync_batchnorm
@@ -141,6 +150,7 @@ class T2IReIDModel(nn.Module):
         self.hidden_size = hidden_size
         self.pad_token_id = pad_token_id
         self.text_pool = cfg.text_pool
+        self.image_is_clip, self.text_is_clip = is_clip(image_encoder), is_clip(text_encoder)
         self.alpha_schedule = dcfg.alpha
         self.grl_on_branch = dcfg.grl == "cloth_branch"
         self.grl_alpha = dcfg.alpha.at(0)  # a Python float: set_epoch changes it, forward never syncs
@@ -206,7 +216,12 @@ class T2IReIDModel(nn.Module):
         return self._text_head(self._pooled_text(input_ids, attention_mask))
 
     def _pooled_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """``(N, L)`` -> the text encoder's pooled feature ``(N, H)`` (``model.text_pool``)."""
+        """``(N, L)`` -> the text encoder's pooled feature ``(N, H)`` (``model.text_pool``; a CLIP
+        text tower's own ``text_embeds``, taken at the end-of-text token)."""
+        if self.text_is_clip:
+            # No mask: the tower's attention is causal and rows are padded on the right, so the
+            # end-of-text position never sees the padding (a mask would only cost a host sync).
+            return self.text_encoder(input_ids=input_ids).text_embeds  # (N, P)
         mask = attention_mask
         if getattr(getattr(self.text_encoder, "config", None), "_attn_implementation", None) == "sdpa":
             # transformers passes a 4-D mask through untouched; a 2-D one costs a host sync
@@ -290,6 +305,8 @@ class T2IReIDModel(nn.Module):
         return {"image_embeds": image, "cloth_image_embeds": cloth}
 
     def _image_features(self, images: Tensor) -> Tensor:
+        if self.image_is_clip:
+            return self.image_encoder(pixel_values=images).image_embeds  # (B, P) projected [CLS]
         return self.image_encoder(pixel_values=images).last_hidden_state[:, 0]  # (B, H) [CLS]
 
     def _image_head(self, x: Tensor) -> Tensor:
@@ -378,12 +395,17 @@ def build_model(
     image_size: tuple[int, int],
     vocab_size: int | None = None,
     pad_token_id: int = 0,
+    eos_token_id: int | None = None,
+    text_max_length: int | None = None,
     encoder_configs: dict | None = None,
 ) -> T2IReIDModel:
     """Build the encoders (local directory or preset) and the heads.
 
-    ``encoder_configs`` (``{"image": ViTConfig, "text": BertConfig}``) builds the encoders from those
-    Hugging Face configs with random weights instead (an exported model, whose weights follow).
+    ``encoder_configs`` (``{"image": ViTConfig, "text": BertConfig}``, or CLIP's tower configs)
+    builds the encoders from those Hugging Face configs with random weights instead (an exported
+    model, whose weights follow). ``pad_token_id`` / ``eos_token_id`` are the tokenizer's (a CLIP
+    text tower needs its end-of-text id); ``text_max_length`` (``data.text_max_length``) is checked
+    against the text encoder's position table.
 
     BatchNorm becomes :class:`~reid.model.norm.SyncBatchNorm1d` when torch.distributed already has
     more than one process (call :func:`~reid.model.norm.convert_sync_batchnorm` yourself otherwise).
@@ -395,14 +417,15 @@ def build_model(
     else:
         image_encoder = build_image_encoder(cfg.image_encoder, image_size)
         text_encoder = build_text_encoder(cfg.text_encoder, vocab_size=vocab_size, pad_token_id=pad_token_id)
-    h_img, h_txt = image_encoder.config.hidden_size, text_encoder.config.hidden_size
+    image_name, text_name = describe(cfg.image_encoder, "model.image_encoder"), describe(cfg.text_encoder, "model.text_encoder")
+    h_img, h_txt = feature_width(image_encoder), feature_width(text_encoder)
     if h_img != h_txt:
         raise ConfigError(
-            f"{describe(cfg.image_encoder, 'model.image_encoder')} has hidden size {h_img} but "
-            f"{describe(cfg.text_encoder, 'model.text_encoder')} has {h_txt}; they must match "
-            "because shared_mlp is shared by both modalities"
+            f"{image_name} has features of width {h_img} but {text_name} has {h_txt} (hidden_size, or "
+            "CLIP's projection_dim); they must match because shared_mlp is shared by both modalities"
         )
-    pad = text_encoder.config.pad_token_id
+    pad = _fit_text_encoder(text_encoder, cfg.text_pool, text_name, pad_token_id=pad_token_id,
+                            eos_token_id=eos_token_id, text_max_length=text_max_length)
     model = T2IReIDModel(
         image_encoder,
         text_encoder,
@@ -410,8 +433,33 @@ def build_model(
         cfg=cfg,
         dcfg=dcfg,
         num_classes=num_classes,
-        pad_token_id=pad_token_id if pad is None else pad,
+        pad_token_id=pad,
     )
     if world_size() > 1:
         convert_sync_batchnorm(model)
     return model
+
+
+def _fit_text_encoder(
+    encoder: nn.Module, text_pool: str, name: str, *, pad_token_id: int, eos_token_id: int | None,
+    text_max_length: int | None,
+) -> int:
+    """Check the text encoder against the text settings; returns the id to pad text fields with."""
+    positions = encoder.config.max_position_embeddings
+    if text_max_length is not None and text_max_length > positions:
+        raise ConfigError(
+            f"data.text_max_length: {text_max_length} tokens, but {name} reads at most "
+            f"{positions} (its max_position_embeddings); set data.text_max_length <= {positions}"
+        )
+    if not is_clip(encoder):
+        pad = encoder.config.pad_token_id  # BERT: the encoder's own pad id wins
+        return pad_token_id if pad is None else pad
+    if text_pool != "cls":
+        raise ConfigError(
+            f"model.text_pool: {text_pool!r} does not apply to a CLIP text encoder, which is pooled at "
+            "its end-of-text token (its text_embeds); set model.text_pool=cls"
+        )
+    align_end_of_text(encoder, eos_token_id, name)
+    # CLIP configs say pad_token_id 1 (a real token) while CLIP tokenizers pad with <|endoftext|>:
+    # the tokenizer's id is the one the data pipeline pads with.
+    return pad_token_id
