@@ -27,7 +27,7 @@ from pathlib import Path
 
 from reid.config import load_config
 from reid.engine.accel import build_accelerator
-from reid.errors import report_user_errors
+from reid.errors import ConfigError, report_user_errors
 from reid.eval_report import format_report
 from reid.evaluation import evaluate_split
 from reid.export import load_exported
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
     if overrides:
         cfg = load_config(args.checkpoint / "config.yaml", overrides)
+        positions = model.text_encoder.config.max_position_embeddings  # the model is built: check what it reads
+        if cfg.data.text_max_length > positions:
+            raise ConfigError(f"data.text_max_length: {cfg.data.text_max_length} tokens, but this model's text "
+                              f"encoder reads at most {positions}; set data.text_max_length <= {positions}")
     accelerator = build_accelerator(cfg)
     # No prepare(): evaluation needs no gradient sync, and every process holds the whole model.
     model = model.to(accelerator.device)
