@@ -533,6 +533,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (the run directory keeps one beside its checkpoints)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """Write the resolved config as YAML (the run directory keeps one beside its checkpoints);
+    ``header`` lines go on top as comments."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    Path(path).write_text(comments + yaml.safe_dump(to_dict(cfg), sort_keys=False))

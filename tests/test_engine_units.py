@@ -125,3 +125,22 @@ def test_the_best_metrics_travel_in_the_checkpointed_state(tmp_path):
     before = TrainState()
     before.load_state_dict(old)
     assert before.best_metrics == {} and before.best_step == 30
+
+
+def test_tensorboard_tags_put_losses_and_validation_first_and_drop_duplicates():
+    from reid.engine.tracking import learning_rates, shown_in_tensorboard, tensorboard_tag
+
+    names = ["loss/info_nce", "val/standard/standard/R1", "loss_weighted/cls", "diag/cls_acc", "lr", "grad_norm",
+             "grl/alpha", "temperature", "epoch", "samples", "perf/samples_per_s"]
+    tags = [tensorboard_tag(n) for n in names]
+    assert tags == ["1_loss/info_nce", "2_val/standard/standard/R1", "3_loss_weighted/cls", "4_diag/cls_acc",
+                    "5_optim/lr", "5_optim/grad_norm", "5_optim/grl/alpha", "5_optim/temperature",
+                    "6_progress/epoch", "6_progress/samples", "6_progress/perf/samples_per_s"]
+    assert sorted(tags, key=lambda t: t.split("/")[0]) == tags  # TensorBoard's group order is this order
+    assert not shown_in_tensorboard("diag/xcorr_id_cloth", {"loss/decouple": 0.1, "diag/xcorr_id_cloth": 0.1})
+    assert shown_in_tensorboard("diag/xcorr_id_cloth", {"diag/xcorr_id_cloth": 0.1})  # decouple off: not a duplicate
+    assert not shown_in_tensorboard("val/standard/standard/num_skipped", {})
+    four = {"encoders": 1e-4, "encoders_no_decay": 1e-4, "heads": 1e-3, "heads_no_decay": 1e-3}
+    assert learning_rates(four) == {"lr/encoders": 1e-4, "lr/heads": 1e-3}
+    assert learning_rates({k: 1e-3 for k in four}) == {"lr": 1e-3}
+    assert learning_rates({"heads_no_decay": 5e-4}) == {"lr": 5e-4}

@@ -44,20 +44,27 @@ def test_tensorboard_has_every_tag(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run, _ = short_run
-    events = EventAccumulator(str(run / "tensorboard"))
+    assert [p.name for p in (run / "tensorboard").iterdir()] == ["short"]  # TensorBoard names the run "short"
+    events = EventAccumulator(str(run / "tensorboard" / "short"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {f"loss/{t}" for t in TERMS} | {f"loss_weighted/{t}" for t in TERMS} | {
-        "loss/total", "lr/encoders", "lr/heads", "lr/heads_no_decay", "grl/alpha", "temperature",
-        "diag/mean_abs_cos_id_cloth", "diag/cls_acc", "diag/adv_acc", "perf/samples_per_s", "grad_norm",
-    } | {f"val/{protocol}/{mode}/{m}" for protocol in ("standard", "clothing_change")
+    # numbered groups: losses and validation first (TensorBoard sorts the groups by name)
+    expected = {f"1_loss/{t}" for t in TERMS} | {f"3_loss_weighted/{t}" for t in TERMS} | {
+        "1_loss/total", "5_optim/grl/alpha", "5_optim/temperature", "5_optim/grad_norm",
+        "4_diag/mean_abs_cos_id_cloth", "4_diag/cls_acc", "4_diag/adv_acc", "6_progress/perf/samples_per_s",
+        "6_progress/epoch", "6_progress/samples",
+    } | {f"2_val/{protocol}/{mode}/{m}" for protocol in ("standard", "clothing_change")
          for mode in ("standard", "clothing_invariant", "oracle") for m in ("R1", "R5", "R10", "mAP", "mINP")}
     assert expected <= tags, sorted(expected - tags)
-    alpha = [e.value for e in events.Scalars("grl/alpha")]
+    lrs = {t for t in tags if t.startswith("5_optim/lr")}
+    assert lrs in ({"5_optim/lr"}, {"5_optim/lr/encoders", "5_optim/lr/heads"}), lrs  # one curve per distinct lr
+    assert not any(t.endswith("num_skipped") for t in tags) and "4_diag/xcorr_id_cloth" not in tags  # duplicates
+    alpha = [e.value for e in events.Scalars("5_optim/grl/alpha")]
     assert alpha[0] == pytest.approx(0.1) and alpha[-1] == pytest.approx(0.12)  # min(1, 0.1 + 0.02 epoch)
-    assert len(events.Scalars("val/standard/standard/R1")) == 2  # evaluated at the end of each epoch
-    weighted = events.Scalars("loss_weighted/cloth_match")[0].value
-    assert weighted == pytest.approx(0.5 * events.Scalars("loss/cloth_match")[0].value, rel=1e-5)
+    assert len(events.Scalars("2_val/standard/standard/R1")) == 2  # evaluated at the end of each epoch
+    weighted = events.Scalars("3_loss_weighted/cloth_match")[0].value
+    assert weighted == pytest.approx(0.5 * events.Scalars("1_loss/cloth_match")[0].value, rel=1e-5)
+    assert all(0 <= e.value <= 100 for e in events.Scalars("4_diag/cls_acc"))  # percent, like val
 
 
 def test_export_loads_with_plain_safetensors_and_with_reid(short_run):

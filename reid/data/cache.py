@@ -39,10 +39,16 @@ def prepare_root(cfg: DataConfig) -> Path:
     from reid.data import synth  # imported here: only the synthetic default needs the renderer
 
     syn = cfg.synthetic
-    height, width = syn.image_size
-    out = cache_root(cfg) / f"synthetic-n{syn.num_ids}-s{syn.seed}-{height}x{width}"
-    synth.generate(out, syn.num_ids, seed=syn.seed, image_size=(height, width))
+    out = synthetic_dir(cfg)
+    synth.generate(out, syn.num_ids, seed=syn.seed, image_size=tuple(syn.image_size))
     return out.resolve()
+
+
+def synthetic_dir(cfg: DataConfig) -> Path:
+    """Where the synthetic dataset of ``cfg.synthetic`` is generated (``data.root`` empty)."""
+    syn = cfg.synthetic
+    height, width = syn.image_size
+    return cache_root(cfg) / f"synthetic-n{syn.num_ids}-s{syn.seed}-{height}x{width}"
 
 
 def fingerprint(parts: dict[str, Any]) -> str:

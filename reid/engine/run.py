@@ -49,7 +49,13 @@ def create_run_dir(cfg: Config, accelerator: Any, run_dir: Path) -> None:
     """Create the run directory and write the resolved config into it (main process)."""
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        header = ""
+        if not cfg.data.root:
+            from reid.data.cache import synthetic_dir
+
+            header = (f"data.root is empty: the data is reid's generated synthetic dataset (data.synthetic), in\n"
+                      f"CUHK-PEDES format ({cfg.data.dataset}) at {synthetic_dir(cfg.data).resolve()}")
+        save_config(cfg, run_dir / "config.yaml", header)
     accelerator.wait_for_everyone()
 
 

@@ -30,7 +30,7 @@ from reid.engine.resume import locate
 from reid.engine.run import RunContext, build_components, choose_run_dir, create_run_dir
 from reid.engine.signals import StopRequest, stop_with_launcher
 from reid.engine.state import TrainState
-from reid.engine.tracking import Meters, RunWriter, tagged
+from reid.engine.tracking import Meters, RunWriter, learning_rates, tagged
 from reid.errors import DiskFullError, ReidError, silence_stdout
 
 
@@ -330,7 +330,7 @@ class _Trainer:
         terms = {k[5:]: v for k, v in means.items() if k.startswith("term/")}
         report = {k[7:]: v for k, v in means.items() if k.startswith("report/")}
         values = tagged(terms, self.ctx.weights, report)
-        values.update({f"lr/{name}": lr for name, lr in self.last_lrs.items()})
+        values.update(learning_rates(self.last_lrs))
         if "total" in means:
             values["loss/total"] = means["total"]
         if "grad_norm" in means:

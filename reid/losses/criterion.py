@@ -153,7 +153,8 @@ class Criterion:
 
 @torch.no_grad()
 def diagnostics(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Detached 0-d tensors describing this process's batch; keys present when their inputs are."""
+    """Detached 0-d tensors describing this process's batch; keys present when their inputs are.
+    Accuracies (``*_acc``) are in percent, like the val metrics."""
     out = outputs
     pids = batch[keys.PIDS]
     report = {"temperature": out["temperature"].detach().float().reshape(())}
@@ -162,24 +163,24 @@ def diagnostics(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[st
         report["mean_abs_cos_id_cloth"] = F.cosine_similarity(id_e, cloth_e, dim=-1).abs().mean()
         report["xcorr_id_cloth"] = T.decouple_xcorr(id_e, cloth_e)
     if "id_logits" in out:
-        report["cls_acc"] = (out["id_logits"].argmax(dim=1) == pids).float().mean()
+        report["cls_acc"] = 100 * (out["id_logits"].argmax(dim=1) == pids).float().mean()
     if "cloth_adv_logits" in out:
-        report["adv_acc"] = (out["cloth_adv_logits"].argmax(dim=1) == pids).float().mean()
+        report["adv_acc"] = 100 * (out["cloth_adv_logits"].argmax(dim=1) == pids).float().mean()
     if "id_adv_embeds" in out:  # how often the adversary picks the row's own clothing text
         valid = batch[keys.CLOTH_VALID]
         sim = (out["id_adv_embeds"].float() @ out["cloth_text_embeds"].float().T).masked_fill(~valid[None], -2.0)
         hit = (sim.argmax(dim=1) == torch.arange(len(valid), device=valid.device)) & valid
-        report["id_adv_acc"] = hit.float().sum() / valid.sum().clamp(min=1)
+        report["id_adv_acc"] = 100 * hit.float().sum() / valid.sum().clamp(min=1)
     if "cloth_match_bias" in out:
         report["cloth_match_bias"] = out["cloth_match_bias"].detach().float().reshape(())
-        report["cloth_match_acc"] = _pair_accuracy(out, batch[keys.CLOTH_VALID])
+        report["cloth_match_acc"] = 100 * _pair_accuracy(out, batch[keys.CLOTH_VALID])
     if "gate_image_weight" in out:
         report["gate_image_weight"] = out["gate_image_weight"].float().mean()
     if "fusion_pos_logits" in out:
         valid = out["fusion_neg_valid"]
         right = (out["fusion_pos_logits"] > 0).float().sum()
         right = right + ((out["fusion_neg_logits"] < 0) & valid).float().sum()
-        report["fusion_acc"] = right / (out["fusion_pos_logits"].shape[0] + valid.sum())
+        report["fusion_acc"] = 100 * right / (out["fusion_pos_logits"].shape[0] + valid.sum())
     return report
 
 
