@@ -224,7 +224,9 @@ def fake_outputs(b: int = 8, dim: int = 6, hidden: int = 5, classes: int = 4) ->
             "id_word_logits": torch.randn(b, 7, generator=g).requires_grad_()}
     batch = {K.PIDS: torch.arange(b) // 2, K.CLOTH_VALID: torch.ones(b, dtype=torch.bool),
              K.ID_INPUT_IDS: torch.randint(1, 7, (b, 4), generator=g),
-             K.ID_ATTENTION_MASK: torch.ones(b, 4, dtype=torch.long)}
+             K.ID_ATTENTION_MASK: torch.ones(b, 4, dtype=torch.long),
+             K.CLOTH_INPUT_IDS: torch.arange(b)[:, None].repeat(1, 3) + 1,  # every row its own text
+             K.CLOTH_ATTENTION_MASK: torch.ones(b, 3, dtype=torch.long)}
     return out, batch
 
 

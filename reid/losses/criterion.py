@@ -26,6 +26,9 @@ from reid.data import keys
 from reid.losses import terms as T
 from reid.losses.gather import gather_with_grad, rank, world_size
 from reid.losses.memory import IdentityMemory
+from reid.mining import hardest_negatives, text_hashes
+
+CLOTH_TEXT_HASH = "cloth_text_hash"  # derived batch key: reid.mining.text_hashes of the clothing texts
 
 TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "decouple", "fusion_match", "id_adv",
               "id_words")
@@ -42,6 +45,9 @@ class _Batch:
         self._gathered: dict[str, Tensor] = {}
 
     def local(self, key: str) -> Tensor:
+        if key == CLOTH_TEXT_HASH and key not in self.batch:  # derived from the batch, once
+            self.batch = {**self.batch, key: text_hashes(self.batch[keys.CLOTH_INPUT_IDS],
+                                                          self.batch[keys.CLOTH_ATTENTION_MASK])}
         return self.out[key] if key in self.out else self.batch[key]
 
     def all(self, key: str) -> Tensor:
@@ -111,15 +117,15 @@ class Criterion:
 
     def _pair_cloth_match(self, v: _Batch) -> Tensor:
         """Per valid row: its own cloth text (y=1), the data's negative (y=0) and a hard negative
-        (y=0): the most similar valid cloth text of another person in the global batch."""
+        (y=0): the most similar valid cloth text of another person in the global batch that is not
+        the row's own text word for word (:mod:`reid.mining`)."""
         image = v.out["cloth_image_embeds"]  # (b, E)
         valid, pids = v.batch[keys.CLOTH_VALID], v.batch[keys.PIDS]
         texts_all, pids_all, valid_all = v.all("cloth_text_embeds"), v.all(keys.PIDS), v.all(keys.CLOTH_VALID)
+        own = v.local(CLOTH_TEXT_HASH)  # (b,) identical clothing texts are never negatives
         with torch.no_grad():
-            candidate = (pids[:, None] != pids_all[None, :]) & valid_all[None, :]  # (b, N)
-            sim = (image.float() @ texts_all.float().T).masked_fill(~candidate, float("-inf"))
-            hard = sim.argmax(dim=1)  # (b,)
-            has_hard = candidate.any(dim=1)
+            sim = image.float() @ texts_all.float().T  # (b, N)
+            hard, has_hard = hardest_negatives(sim, pids, pids_all, own, v.all(CLOTH_TEXT_HASH), valid_all)
         b = image.shape[0]
         texts = torch.cat([v.out["cloth_text_embeds"], v.out["neg_cloth_text_embeds"], texts_all[hard]])
         is_matched = torch.cat([torch.ones(b, device=image.device), torch.zeros(2 * b, device=image.device)])

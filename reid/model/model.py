@@ -41,6 +41,7 @@ from reid.model.encoders import (
 )
 from reid.model.fusion import get_fusion_module
 from reid.model.grl import grad_reverse
+from reid.mining import hardest_negatives, text_hashes
 from reid.model.norm import convert_sync_batchnorm
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")  # parameters trained at optim.lr
@@ -269,7 +270,7 @@ class T2IReIDModel(nn.Module):
         if self.cloth_match_bias is not None:
             out["cloth_match_bias"] = self.cloth_match_bias()
         if self.fusion is not None:
-            out.update(self._fusion_outputs(out["image_embeds"], out["id_text_embeds"], batch[keys.PIDS]))
+            out.update(self._fusion_outputs(out["image_embeds"], out["id_text_embeds"], batch))
         return out
 
     def _retrieval(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -365,15 +366,18 @@ class T2IReIDModel(nn.Module):
         fused, gate = self.fusion(image_embeds, text_embeds)
         return self.scale() * F.normalize(fused, dim=-1), gate
 
-    def _fusion_outputs(self, image_embeds: Tensor, text_embeds: Tensor, pids: Tensor) -> dict[str, Tensor]:
-        """Fusion-head logits of the B matched pairs and of 2B in-batch hard negatives."""
+    def _fusion_outputs(self, image_embeds: Tensor, text_embeds: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fusion-head logits of the B matched pairs and of 2B in-batch hard negatives: per image the
+        closest identity text of another person, per text the closest image of another person, never
+        a text identical to the row's own (:mod:`reid.mining`)."""
         B = image_embeds.shape[0]
+        pids = batch[keys.PIDS]
+        hashes = text_hashes(batch[keys.ID_INPUT_IDS], batch[keys.ID_ATTENTION_MASK])  # (B,)
         with torch.no_grad():  # mining only picks rows; no gradient flows through the choice
-            other = pids[:, None] != pids[None, :]  # (B, B) pairs of different people
-            sim = (image_embeds @ text_embeds.T).masked_fill(~other, float("-inf"))
-            hard_text = sim.argmax(dim=1)  # per image: the closest text of another person
-            hard_image = sim.argmax(dim=0)  # per text: the closest image of another person
-            neg_valid = torch.cat([other.any(dim=1), other.any(dim=0)])  # (2B,)
+            sim = image_embeds @ text_embeds.T  # (B, B)
+            hard_text, has_text = hardest_negatives(sim, pids, pids, hashes, hashes)
+            hard_image, has_image = hardest_negatives(sim.T, pids, pids, hashes, hashes)
+            neg_valid = torch.cat([has_text, has_image])  # (2B,)
         images = torch.cat([image_embeds, image_embeds, image_embeds[hard_image]])  # (3B, E)
         texts = torch.cat([text_embeds, text_embeds[hard_text], text_embeds])
         fused, gate = self._fuse(images, texts)
