@@ -26,11 +26,14 @@ import sys
 from pathlib import Path
 
 from reid.config import load_config
-from reid.engine.accel import build_accelerator
+from reid.engine.accel import build_accelerator, settle_launch_environment
 from reid.errors import ConfigError, report_user_errors
 from reid.eval_report import format_report
 from reid.evaluation import evaluate_split
 from reid.export import load_exported
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent  # the repository this script runs from
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settle_launch_environment(CHECKOUT)
     model, tokenizer, cfg, meta = load_exported(args.checkpoint)
     overrides = list(args.overrides)
     overrides += [f"data.root={args.data_root}"] if args.data_root else []

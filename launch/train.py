@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 from reid.config import load_config
+from reid.engine.accel import settle_launch_environment
 from reid.engine.report import print_summary
 from reid.engine.trainer import fit
 from reid.errors import report_user_errors
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
+CHECKOUT = Path(__file__).resolve().parent.parent  # the repository this script runs from
+DEFAULT_CONFIG = CHECKOUT / "configs" / "synthetic.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settle_launch_environment(CHECKOUT)
     cfg = load_config(args.config, args.overrides)
     result = fit(cfg, config_name=args.config.stem, resume=args.resume)
     print_summary(result, cfg.eval.select)

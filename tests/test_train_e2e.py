@@ -117,3 +117,28 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, synth_root):
     out = proc.stdout + proc.stderr
     assert out.count("non-finite loss") >= 3 and "batch skipped" in out
     assert "error: 3 non-finite losses in a row at step" in proc.stderr
+
+
+def test_a_regular_pip_install_trains_with_a_deepspeed_config_from_any_directory(tmp_path, synth_root):
+    """`pip install .` (not -e): reid lives in site-packages, away from the checkout, and the
+    Accelerate config names ds_configs/zero2.json relative to the checkout. Launched from another
+    working directory with the checkout's launch/train.py, the 2-process ZeRO-2 run must find the
+    JSON and import the installed reid (a regular install is simulated with `pip install --target`
+    into a fresh directory put first on PYTHONPATH: the same files a venv's site-packages would get)."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--target", str(site), str(REPO)], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    assert (site / "reid" / "engine" / "accel.py").is_file() and not (site / "reid" / "ds_configs").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = subprocess.run([sys.executable, "-c", "import reid; print(reid.__file__)"], cwd=elsewhere,
+                           env={**__import__("os").environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
+    assert probe.stdout.strip().startswith(str(site)), probe.stdout + probe.stderr
+    proc = run_launch(args(tmp_path, synth_root, "installed", "train.epochs=1", "data.batch_size=8"),
+                      accel_config="cpu_zero2", env={"PYTHONPATH": str(site)}, cwd=elsewhere)
+    assert "val (best at step " in proc.stdout
+    assert (tmp_path / "runs" / "installed" / "final" / "reid_model.json").is_file()

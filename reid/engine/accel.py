@@ -27,32 +27,35 @@ from reid.config import Config
 from reid.errors import ConfigError
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+def settle_launch_environment(checkout: Path) -> None:
+    """What an entry point (launch/train.py, launch/evaluate.py) sets up before Accelerate reads the
+    environment; library code never writes ``os.environ``.
 
-
-def _resolve_deepspeed_json() -> None:
-    """The accelerate_configs/*.yaml name ``ds_configs/*.json`` relative to the repository; make that
-    work from any working directory (Accelerate resolves it against the current one)."""
+    * The accelerate_configs/*.yaml name ``ds_configs/*.json`` relative to the checkout; Accelerate
+      resolves that against the working directory. A relative name that is not a file there is
+      looked up under ``checkout`` (the directory of the launched script's repository, which is
+      right for an editable and a regular ``pip install .`` alike) and made absolute.
+    * Accelerate drops ``use_cpu: true`` from config files on the way to the workers; without
+      ACCELERATE_USE_CPU several CPU processes would train side by side without DDP (unsynced).
+    """
     name = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-    if name and not Path(name).is_absolute() and not Path(name).is_file():
-        candidate = REPO_ROOT / name
-        if candidate.is_file():
-            os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(candidate)
-            return
-    if name and not Path(name).is_file() and not (REPO_ROOT / name).is_file():
-        raise ConfigError(f"DeepSpeed config file '{name}' (named by the Accelerate config) does not exist")
+    if name and not Path(name).is_absolute() and not Path(name).is_file() and (checkout / name).is_file():
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str((checkout / name).resolve())
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not torch.cuda.is_available() and launched_world > 1 and not deepspeed_env:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 def build_accelerator(cfg: Config) -> Accelerator:
-    """One Accelerator for the run; gloo on CPU (DeepSpeed on CPU miscounts processes without it)."""
-    _resolve_deepspeed_json()
+    """One Accelerator for the run; gloo on CPU (DeepSpeed on CPU miscounts processes without it).
+    The entry point calls :func:`settle_launch_environment` first."""
+    name = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if name and not Path(name).is_file():
+        raise ConfigError(f"DeepSpeed config file '{name}' (named by the Accelerate config) does not exist")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))
     deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if backend == "gloo" and launched_world > 1 and not deepspeed_env:
-        # Accelerate drops `use_cpu: true` from config files on the way to the workers; without
-        # ACCELERATE_USE_CPU the processes train side by side without DDP (silently unsynced).
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     # Every trainable parameter receives a gradient each step (terms with weight 0 build no
     # modules), so DDP needs no unused-parameter search.
     handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=False)]

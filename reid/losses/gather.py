@@ -23,10 +23,8 @@ from torch import Tensor
 # torch 2.13 deprecates torch.distributed.nn.functional in favour of the functional collectives
 # (torch.distributed._functional_collectives.all_gather_single / all_reduce, autograd-aware and
 # verified with gloo here); the old API still works on every supported torch, so keep it and
-# silence the per-call warning.
-warnings.filterwarnings(
-    "ignore", message=r"torch\.distributed\.nn\.functional\.\w+ is deprecated", category=FutureWarning
-)
+# silence the per-call warning around our own calls only (no process-wide filter).
+_DEPRECATED = r"torch\.distributed\.nn\.functional\.\w+ is deprecated"
 
 
 def world_size() -> int:
@@ -49,11 +47,15 @@ def gather_with_grad(t: Tensor) -> Tensor:
         return t
     if t.dtype == torch.bool:  # not every backend reduces/gathers bool; labels need no gradient
         return gather_with_grad(t.to(torch.uint8)).bool()
-    return torch.cat(dist_nn.all_gather(t.contiguous()), dim=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
+        return torch.cat(dist_nn.all_gather(t.contiguous()), dim=0)
 
 
 def all_reduce_with_grad(t: Tensor) -> Tensor:
     """Element-wise sum over processes, differentiable (backward sums the gradients likewise)."""
     if world_size() == 1:
         return t
-    return dist_nn.all_reduce(t)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
+        return dist_nn.all_reduce(t)
