@@ -128,9 +128,15 @@ def test_a_regular_pip_install_trains_with_a_deepspeed_config_from_any_directory
     import subprocess
     import sys
 
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(REPO / "reid", source / "reid", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     site = tmp_path / "site"
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                          "--target", str(site), str(REPO)], capture_output=True, text=True)
+                          "--target", str(site), str(source)], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-3000:]
     assert (site / "reid" / "engine" / "accel.py").is_file() and not (site / "reid" / "ds_configs").exists()
     elsewhere = tmp_path / "elsewhere"
