@@ -19,7 +19,8 @@ from torch import nn
 
 from reid.config import DisentangleConfig, ModelConfig
 from reid.data import keys as K
-from reid.losses import Criterion, gather_with_grad
+from reid.distributed import DistContext, gather_with_grad
+from reid.losses import Criterion
 from reid.model import SyncBatchNorm1d, T2IReIDModel, convert_sync_batchnorm
 
 WORLD = 2
@@ -45,6 +46,7 @@ class ToyTextEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(VOCAB, HIDDEN)
+        self.config = SimpleNamespace(vocab_size=VOCAB)  # what id_words reads
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
         mask = attention_mask.float()[..., None]  # (N, L, 1)
@@ -93,7 +95,7 @@ def train_step(dcfg: DisentangleConfig, batch: dict, distributed: bool) -> dict:
     if distributed:
         model = convert_sync_batchnorm(model)
     out = model(batch)
-    total, terms, _ = Criterion(dcfg)(out, batch)
+    total, terms, _ = Criterion(dcfg, dist=DistContext.current())(out, batch)
     total.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return {"total": total.detach(), "terms": {k: v.detach() for k, v in terms.items()}, "grads": grads}
@@ -200,3 +202,51 @@ def spawned_criterion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("criterion")
     _spawn(_criterion_worker, tmp_path)
     return tmp_path
+
+
+class OtherRanksInHand(DistContext):
+    """rank ``rank`` of ``world`` without processes: the collectives return what a real gather would,
+    read from a single process's outputs and batch on the whole global batch."""
+
+    def __init__(self, rank: int, world: int, full_out: dict, full_batch: dict) -> None:
+        super().__init__(rank, world)
+        object.__setattr__(self, "full", {**full_batch, **full_out})
+
+    def gather(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        from reid.losses.criterion import CLOTH_TEXT_HASH
+        from reid.mining import text_hashes
+
+        full = self.full
+        value = text_hashes(full[K.CLOTH_INPUT_IDS], full[K.CLOTH_ATTENTION_MASK]) if name == CLOTH_TEXT_HASH else full[name]
+        rows = slice(self.rank * len(t), (self.rank + 1) * len(t))
+        torch.testing.assert_close(value[rows], t.detach())  # the local part is this rank's rows
+        return value
+
+    def max(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        from reid.losses import terms as T
+
+        assert name == "id_words_used"
+        ids, mask = self.full[K.ID_INPUT_IDS], self.full[K.ID_ATTENTION_MASK]
+        return torch.maximum(t, T.word_targets(ids, mask, t.shape[0]).amax(dim=0))
+
+
+@pytest.mark.parametrize("name", ["default", "seed"])
+def test_each_rank_s_share_from_the_gathered_batch_averages_to_one_process(name):
+    """The criterion as rank 0 and as rank 1 of 2, handed the global batch's tensors by a test double
+    (no processes): the mean of the two ranks' totals and terms is the one-process value on the whole
+    batch. The model runs in eval mode, so each row's outputs do not depend on the rest of its batch."""
+    dcfg = configs()[name]
+    dcfg.loss_weights.id_words = 0.5
+    model = toy_model(dcfg).eval()
+    batch = global_batch()
+    with torch.no_grad():
+        full_out = model(batch)
+        one_total, one_terms, _ = Criterion(dcfg)(full_out, batch)
+        shares = []
+        for r in range(WORLD):
+            local = {k: v[r * ROWS:(r + 1) * ROWS] for k, v in batch.items()}
+            out = model(local)
+            shares.append(Criterion(dcfg, dist=OtherRanksInHand(r, WORLD, full_out, batch))(out, local))
+    torch.testing.assert_close(sum(s[0] for s in shares) / WORLD, one_total, rtol=1e-5, atol=1e-6)
+    for term, value in one_terms.items():
+        torch.testing.assert_close(sum(s[1][term] for s in shares) / WORLD, value, rtol=1e-5, atol=1e-6, msg=term)

@@ -16,6 +16,7 @@ from reid.engine.checkpoint import candidates
 from reid.errors import ConfigError
 from reid.evaluation import evaluate, split_truth
 from reid.export import export_model, pixel_stats
+from reid.distributed import DistContext
 from reid.losses import Criterion
 from reid.model import build_model
 
@@ -90,12 +91,11 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     model = build_model(
         cfg.model, cfg.disentangle, num_classes=train_data.num_classes, image_size=cfg.data.image_size,
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        text_max_length=cfg.data.text_max_length,
+        text_max_length=cfg.data.text_max_length, sync_bn=accelerator.num_processes > 1,
     )
-    # build_model turns BatchNorm into the cross-rank SyncBatchNorm1d when world > 1.
     if cfg.train.compile:
         model.compile_encoders()
-    criterion = Criterion(cfg.disentangle, num_identities=train_data.num_classes)
+    criterion = Criterion(cfg.disentangle, num_identities=train_data.num_classes, dist=DistContext.current())
     meta = {"num_classes": train_data.num_classes, "image_size": list(cfg.data.image_size),
             "pixel_mean": list(mean), "pixel_std": list(std)}
 

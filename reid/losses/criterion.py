@@ -24,7 +24,7 @@ from torch import Tensor
 from reid.config import DisentangleConfig
 from reid.data import keys
 from reid.losses import terms as T
-from reid.losses.gather import gather_with_grad, rank, world_size
+from reid.distributed import DistContext
 from reid.losses.memory import IdentityMemory
 from reid.mining import hardest_negatives, text_hashes
 
@@ -37,11 +37,11 @@ TERM_NAMES = ("info_nce", "cls", "bio", "cloth", "cloth_adv", "cloth_match", "de
 class _Batch:
     """This process's outputs and batch, with lazily gathered global versions (each gathered once)."""
 
-    def __init__(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
-        self.out, self.batch = outputs, batch
-        self.world = world_size()
+    def __init__(self, outputs: dict[str, Tensor], batch: dict[str, Tensor], dist: DistContext) -> None:
+        self.out, self.batch, self.dist = outputs, batch, dist
+        self.world = dist.world
         b = batch[keys.PIDS].shape[0]
-        self.rows = (rank() * b, (rank() + 1) * b) if self.world > 1 else None
+        self.rows = (dist.rank * b, (dist.rank + 1) * b) if self.world > 1 else None
         self._gathered: dict[str, Tensor] = {}
 
     def local(self, key: str) -> Tensor:
@@ -52,7 +52,7 @@ class _Batch:
 
     def all(self, key: str) -> Tensor:
         if key not in self._gathered:
-            self._gathered[key] = gather_with_grad(self.local(key))
+            self._gathered[key] = self.dist.gather(key, self.local(key))
         return self._gathered[key]
 
     @property
@@ -63,8 +63,11 @@ class _Batch:
 class Criterion:
     """Weighted sum of the loss terms named in ``disentangle.loss_weights`` (weight 0 = skipped)."""
 
-    def __init__(self, dcfg: DisentangleConfig, num_identities: int = 0) -> None:
+    def __init__(self, dcfg: DisentangleConfig, num_identities: int = 0, *, dist: DistContext = DistContext()) -> None:
+        """``dist``: this process's place in the run (``DistContext.current()`` in training; the
+        default is one process)."""
         self.cfg = dcfg
+        self.dist = dist
         weights = {name: float(getattr(dcfg.loss_weights, name)) for name in TERM_NAMES}
         self.weights = {name: w for name, w in weights.items() if w > 0}
         self.memory = None  # checkpointed by the trainer (accelerator.register_for_checkpointing)
@@ -77,7 +80,7 @@ class Criterion:
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """-> (total, {term: unweighted value}, {diagnostic: detached value}), all 0-d tensors."""
-        view = _Batch(outputs, batch)
+        view = _Batch(outputs, batch, self.dist)
         terms: dict[str, Tensor] = {}
         for name in self.weights:
             terms[name] = getattr(self, f"_{name}")(view, terms)
@@ -148,8 +151,7 @@ class Criterion:
         logits = v.out["id_word_logits"]  # (b, V)
         targets = T.word_targets(v.batch[keys.ID_INPUT_IDS], v.batch[keys.ID_ATTENTION_MASK], logits.shape[1])
         used = targets.amax(dim=0)  # (V,) the words this process's identity texts use
-        if v.world > 1:  # ... and those of the global batch: no gradient, so a plain max-reduce
-            torch.distributed.all_reduce(used, op=torch.distributed.ReduceOp.MAX)
+        used = v.dist.max("id_words_used", used)  # ... and those of the global batch (no gradient)
         return T.identity_words(logits, targets, used > 0)
 
     def _fusion_match(self, v: _Batch, done: dict[str, Tensor]) -> Tensor:

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from reid.config import LEARNABLE_TEMPERATURE_RANGE, DisentangleConfig, ModelConfig
 from reid.data import keys
 from reid.errors import ConfigError
-from reid.losses.gather import world_size
 from reid.model.encoders import (
     align_end_of_text,
     build_image_encoder,
@@ -402,6 +401,7 @@ def build_model(
     eos_token_id: int | None = None,
     text_max_length: int | None = None,
     encoder_configs: dict | None = None,
+    sync_bn: bool = False,
 ) -> T2IReIDModel:
     """Build the encoders (local directory or preset) and the heads.
 
@@ -411,8 +411,8 @@ def build_model(
     text tower needs its end-of-text id); ``text_max_length`` (``data.text_max_length``) is checked
     against the text encoder's position table.
 
-    BatchNorm becomes :class:`~reid.model.norm.SyncBatchNorm1d` when torch.distributed already has
-    more than one process (call :func:`~reid.model.norm.convert_sync_batchnorm` yourself otherwise).
+    ``sync_bn``: BatchNorm becomes :class:`~reid.model.norm.SyncBatchNorm1d` (statistics over every
+    process); pass True when training on more than one process, as the trainer does.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (training identities), got {num_classes}")
@@ -439,7 +439,7 @@ def build_model(
         num_classes=num_classes,
         pad_token_id=pad,
     )
-    if world_size() > 1:
+    if sync_bn:
         convert_sync_batchnorm(model)
     return model
 

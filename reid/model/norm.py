@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from reid.losses.gather import all_reduce_with_grad, world_size
+from reid.distributed import all_reduce_with_grad, world_size
 
 
 class SyncBatchNorm1d(nn.BatchNorm1d):

@@ -1,4 +1,11 @@
-"""Cross-process helpers for losses computed over the global batch.
+"""The distributed context, in one place: who this process is, and the collectives losses and
+batch norm use over the global batch.
+
+:class:`DistContext` (``rank``, ``world``, ``gather``, ``max``) is what the criterion is handed
+(``Criterion(..., dist=DistContext.current())``): the criterion reads no global state, so a test can
+give it rank 1 of 2 with the other rank's tensors already in hand, without spawning processes.
+
+The helpers below it: 
 
 ``gather_with_grad`` concatenates a tensor from every process in rank order *with gradient*
 (``torch.distributed.nn.functional.all_gather``: its backward sums the gradient that every rank's
@@ -14,6 +21,7 @@ partial batch).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -59,3 +67,29 @@ def all_reduce_with_grad(t: Tensor) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
         return dist_nn.all_reduce(t)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run and the collectives over the global batch. ``gather`` and
+    ``max`` take the name of what they collect (``"image_embeds"``, ...), unused here and there for
+    a test double that supplies the other ranks' values."""
+
+    rank: int = 0
+    world: int = 1
+
+    @staticmethod
+    def current() -> "DistContext":
+        """The context of the initialised process group (rank 0 of 1 without one)."""
+        return DistContext(rank(), world_size())
+
+    def gather(self, name: str, t: Tensor) -> Tensor:
+        """``(b, ...)`` -> ``(world * b, ...)`` in rank order, differentiable (:func:`gather_with_grad`)."""
+        return gather_with_grad(t) if self.world > 1 else t
+
+    def max(self, name: str, t: Tensor) -> Tensor:
+        """Element-wise maximum over processes (no gradient)."""
+        if self.world > 1:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
