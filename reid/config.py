@@ -157,9 +157,9 @@ class ModelConfig:
     shared_dim: int = 512  # shared_mlp: hidden -> shared_dim
     embed_dim: int = 256  # image_mlp / text_mlp output, the retrieval embedding
     mlp_dropout: float = 0.2  # the seed's Dropout(0.2) in image_mlp / text_mlp
-    # Text feature: BERT's [CLS] (the seed) or the mean over tokens. A [CLS] token trained from
-    # scratch (the tiny synthetic default) learns far slower than a mean: see docs/model.md. A CLIP
-    # text encoder is always pooled at its end-of-text token (its text_embeds): "mean" is an error there.
+    # Text feature: BERT's [CLS] (the seed) or the mean over tokens (the two measure alike on the
+    # tiny default since presets have no dropout: docs/model.md). A CLIP text encoder is always
+    # pooled at its end-of-text token (its text_embeds): "mean" is an error there.
     text_pool: Literal["cls", "mean"] = "cls"
     # Heads of the clothing branch and the clothing text. "shared" (the seed): the same shared_mlp,
     # image_mlp and text_mlp as identity, one 256-d space for both. "separate": their own copies
@@ -208,17 +208,27 @@ class LossWeights:
 
 @dataclass
 class AlphaSchedule:
-    """GRL strength per epoch: alpha = min(max, start + step * epoch) (the seed: 0.1, 0.02, 1.0)."""
+    """GRL strength: alpha = min(max, start + step * n) (the seed: 0.1, 0.02, 1.0), n counted as
+    ``per`` says. The trainer sets it on the model at the start of each epoch, like the learning rate.
+
+    ``per: seed_epoch`` (default) counts what the seed counts: the seed's epoch holds every row twice
+    (it appends a separate is_matched = 0 row per item; ours folds that negative into the row), so
+    one seed epoch is two of ours and n = epoch // 2: alpha rises at the same rate per sample seen
+    as in the seed. ``per: epoch`` steps every one of our epochs (twice as fast per sample).
+    """
 
     start: float = 0.1  # alpha at epoch 0
-    step: float = 0.02  # added per epoch
+    step: float = 0.02  # added per counted epoch
     max: float = 1.0  # ceiling
+    per: Literal["seed_epoch", "epoch"] = "seed_epoch"
 
     def validate(self, path: str) -> None:
         _check(self.start >= 0 and self.step >= 0 and self.max >= 0, path, "start/step/max must be >= 0")
 
     def at(self, epoch: int) -> float:
-        return min(self.max, self.start + self.step * epoch)
+        """alpha during our epoch ``epoch`` (0-based)."""
+        n = epoch // 2 if self.per == "seed_epoch" else epoch
+        return min(self.max, self.start + self.step * n)
 
 
 @dataclass

@@ -79,7 +79,8 @@ def test_seed_settings_in_cuhk_config():
     assert (cfg.model.fusion.output_dim, cfg.model.fusion.dropout) == (256, 0.1)
     assert cfg.disentangle.loss_weights.cloth_match == 0.5 and cfg.disentangle.loss_weights.decouple == 0.3
     assert cfg.data.text_max_length == 100
-    assert [cfg.disentangle.alpha.at(e) for e in (0, 10, 100)] == pytest.approx([0.1, 0.3, 1.0])
+    # min(1, 0.1 + 0.02 x seed epoch), a seed epoch being two of ours (each row seen twice there)
+    assert [cfg.disentangle.alpha.at(e) for e in (0, 10, 20, 100)] == pytest.approx([0.1, 0.2, 0.3, 1.0])
 
 
 def test_docs_config_md_is_generated_from_the_schema():
@@ -117,3 +118,54 @@ def test_eval_rerank_topk_is_retired_and_says_why(capsys) -> None:
     assert "lowered R1" in err[0]
     with pytest.raises(ConfigError, match="eval.select"):  # the re-ranked rows are gone too
         load_config(None, ["eval.select=standard/clothing_invariant+rerank/R1"])
+
+
+def test_the_seed_config_is_the_seed_literally():
+    """configs/cuhk_pedes_seed.yaml: every value the seed fixes, in the seed's forms."""
+    cfg = load_config(REPO / "configs" / "cuhk_pedes_seed.yaml")
+    d = cfg.disentangle
+    assert (d.grl, d.cloth_match.form, d.decouple.form, d.info_nce.same_person) == ("cloth_branch", "seed", "seed", "negative")
+    assert (d.temperature, d.learnable_temperature, d.label_smoothing) == (0.1, False, 0.0)
+    w = d.loss_weights
+    assert (w.info_nce, w.cls, w.bio, w.cloth_match, w.decouple) == (1.0, 1.0, 1.0, 0.5, 0.3)
+    assert (w.fusion_match, w.id_adv, w.id_words) == (0.0, 0.0, 0.0)  # nothing the seed does not have
+    assert [d.alpha.at(e) for e in (0, 2, 90)] == pytest.approx([0.1, 0.12, 1.0])  # update_alpha per seed epoch
+    m = cfg.model
+    assert (m.text_pool, m.cloth_heads, m.shared_dim, m.embed_dim, m.mlp_dropout) == ("cls", "shared", 512, 256, 0.2)
+    assert (m.fusion.type, m.fusion.dim, m.fusion.num_heads, m.fusion.output_dim, m.fusion.dropout) == (
+        "attention_gated", 256, 4, 256, 0.1)
+    assert (cfg.data.image_size, cfg.data.text_max_length, cfg.data.id_text, cfg.data.negatives) == (
+        (224, 224), 100, "id", "random")
+
+
+def test_the_fixed_config_differs_from_the_seed_only_where_it_says_fix():
+    """configs/cuhk_pedes.yaml = the seed config with the commented fixes, nothing else."""
+    from reid.config import to_dict
+
+    seed = to_dict(load_config(REPO / "configs" / "cuhk_pedes_seed.yaml"))
+    fixed = to_dict(load_config(REPO / "configs" / "cuhk_pedes.yaml"))
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(seed), flat(fixed)
+    differ = sorted(k for k in a if a[k] != b[k])
+    assert differ == ["disentangle.cloth_match.form", "disentangle.decouple.form", "disentangle.grl", "eval.standard"]
+    text = (REPO / "configs" / "cuhk_pedes.yaml").read_text()
+    assert text.count("# fix:") >= 2
+
+
+def test_the_projection_mlps_are_the_seeds_layer_for_layer():
+    """image_mlp / text_mlp: BN(512)-ReLU-Dropout(0.2)-Linear(512, 256)-BN(256)-ReLU-Dropout(0.2)-Linear(256, 256)."""
+    from torch import nn
+
+    from reid.model.model import projection_mlp
+
+    mlp = projection_mlp(512, 256, 0.2)
+    kinds = [type(layer) for layer in mlp]
+    assert kinds == [nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert (mlp[0].num_features, mlp[3].in_features, mlp[3].out_features, mlp[4].num_features) == (512, 512, 256, 256)
+    assert (mlp[7].in_features, mlp[7].out_features) == (256, 256) and mlp[2].p == mlp[6].p == 0.2

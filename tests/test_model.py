@@ -198,13 +198,16 @@ def test_grl_placement_reverses_the_cloth_branch_only_in_seed_mode(term: str) ->
         torch.testing.assert_close(grads["cloth_branch"], grads["adversary"])
 
 
-def test_set_epoch_follows_the_alpha_schedule() -> None:
-    model = tiny()
-    assert model.grl_alpha == pytest.approx(0.1)
-    model.set_epoch(10)
-    assert model.grl_alpha == pytest.approx(0.3)
-    model.set_epoch(200)
-    assert model.grl_alpha == 1.0
+def test_the_alpha_schedule_counts_seed_epochs_by_default() -> None:
+    """The seed's epoch holds each row twice, so by default alpha steps every two of our epochs."""
+    from reid.config import AlphaSchedule
+
+    seed = AlphaSchedule()
+    assert [seed.at(e) for e in range(5)] == pytest.approx([0.1, 0.1, 0.12, 0.12, 0.14])
+    assert seed.at(200) == 1.0
+    ours = AlphaSchedule(per="epoch")
+    assert [ours.at(e) for e in range(3)] == pytest.approx([0.1, 0.12, 0.14])
+    assert tiny().grl_alpha == pytest.approx(0.1)  # the model starts at epoch 0's value; the trainer sets it after
 
 
 def test_fusion_gate_weights_sum_to_one_and_unknown_types_are_rejected() -> None:

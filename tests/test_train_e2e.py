@@ -27,7 +27,8 @@ def args(tmp: Path, root: Path, name: str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, synth_root):
     tmp = tmp_path_factory.mktemp("e2e")
-    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=2", "train.log_every=2", "train.eval_every=1"))
+    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=2", "train.log_every=2", "train.eval_every=1",
+                           "disentangle.alpha.per=epoch"))  # alpha steps within the 2 epochs
     return tmp, tmp / "runs" / "short", proc
 
 

@@ -216,7 +216,7 @@ class _Trainer:
         left = plan.micro_batches_left(state)
         if left == 0 or state.step >= self.total_steps:
             return False
-        self.raw_model.set_epoch(state.epoch)
+        self.raw_model.grl_alpha = cfg.disentangle.alpha.at(state.epoch)  # the GRL strength, like the lr
         sampler = self.ctx.train_data.sampler
         sampler.set_epoch(state.epoch)
         sampler.set_start(state.sample_in_epoch, state.epoch_global_batch)

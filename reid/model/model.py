@@ -151,9 +151,10 @@ class T2IReIDModel(nn.Module):
         self.pad_token_id = pad_token_id
         self.text_pool = cfg.text_pool
         self.image_is_clip, self.text_is_clip = is_clip(image_encoder), is_clip(text_encoder)
-        self.alpha_schedule = dcfg.alpha
         self.grl_on_branch = dcfg.grl == "cloth_branch"
-        self.grl_alpha = dcfg.alpha.at(0)  # a Python float: set_epoch changes it, forward never syncs
+        # The GRL strength, a Python float (forward never syncs): the trainer sets it each epoch from
+        # disentangle.alpha, as it sets the learning rate; the model owns no schedule.
+        self.grl_alpha = dcfg.alpha.at(0)
 
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -195,10 +196,6 @@ class T2IReIDModel(nn.Module):
         self.text_encoder.compile()
 
     # ---------------------------------------------------------------------------------- schedule
-    def set_epoch(self, epoch: int) -> None:
-        """Set the GRL strength for ``epoch`` from ``disentangle.alpha`` (readable as ``grl_alpha``)."""
-        self.grl_alpha = self.alpha_schedule.at(epoch)
-
     def temperature(self) -> Tensor:
         """The contrastive temperature, shape ``(1,)`` (fixed, or learnable and clamped)."""
         if self.log_temperature is None:
