@@ -109,7 +109,16 @@ def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, root: Path, out:
     train = split_records(records, "train")
     if not train:
         raise DataError(f"{ann}: no records in split 'train'")
+    tables = {}
+    for split in format_spec(cfg.dataset).splits[1:]:  # the small splits first: then the records can go
+        part = split_records(records, split)
+        if part:
+            gallery, queries = _eval_columns(part, images)
+            tables[f"{split}_gallery"] = datasets.Dataset.from_dict(gallery)
+            queries_table = datasets.Dataset.from_dict(queries)
+            tables[f"{split}_queries"] = _tokenize(queries_table, tokenizer, cfg, f"{key}-{split}")
     columns, num_classes = _train_columns(train, images)
+    del records, train  # at a million captions every copy held in Python objects counts
     valid_pids = {p for p, ok in zip(columns["pid"], columns["cloth_valid"]) if ok}
     if len(valid_pids) < 2:
         raise DataError(
@@ -120,14 +129,9 @@ def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, root: Path, out:
         columns["neg_candidates"] = hard_candidates(
             columns["cloth_caption"], columns["pid"], columns["cloth_valid"], cfg.hard_topk, cfg.hard_search
         )
-    tables = {"train": _tokenize(datasets.Dataset.from_dict(columns), tokenizer, cfg, f"{key}-train", train=True)}
-    for split in format_spec(cfg.dataset).splits[1:]:
-        part = split_records(records, split)
-        if part:
-            gallery, queries = _eval_columns(part, images)
-            tables[f"{split}_gallery"] = datasets.Dataset.from_dict(gallery)
-            queries_table = datasets.Dataset.from_dict(queries)
-            tables[f"{split}_queries"] = _tokenize(queries_table, tokenizer, cfg, f"{key}-{split}")
+    train_table = datasets.Dataset.from_dict(columns)
+    del columns
+    tables = {"train": _tokenize(train_table, tokenizer, cfg, f"{key}-train", train=True), **tables}
     datasets.DatasetDict(tables).save_to_disk(str(out))
     meta = {"num_classes": num_classes, "rows": {name: len(t) for name, t in tables.items()}}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
