@@ -73,7 +73,7 @@ def resolve_gallery(spec: str, data_cfg: Any, split: str) -> Gallery:
     if not root.is_dir():
         raise SearchError(f"{root}: --gallery must be a directory of images, a dataset root or 'synthetic'")
     for name, fmt in FORMATS.items():
-        if (root / fmt.annotation).is_file():
+        if any((root / file).is_file() for file in (fmt.annotation, *fmt.alternatives)):
             return _dataset_gallery(root.resolve(), name, split)
     paths = sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:

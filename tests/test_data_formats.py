@@ -256,3 +256,16 @@ def test_cli_compares_each_split_with_the_published_counts(tmp_path, capsys, mon
     report = json.loads(capsys.readouterr().out)
     assert report["splits"]["train"]["matches_published"] and not report["splits"]["test"]["matches_published"]
     assert report["splits"]["test"]["published"] == {"identities": 200, "images": 1000, "captions": 2000}
+
+
+def test_a_caption_all_json_root_is_a_labelled_search_gallery(tmp_path):
+    """reid-search recognises CUHK-PEDES as downloaded (caption_all.json) as a dataset gallery."""
+    from reid.config import DataConfig
+    from reid.search import resolve_gallery
+
+    records = _caption_all([1, 12004, 12005])
+    (tmp_path / "caption_all.json").write_text(json.dumps(records))
+    for rec in records:
+        solid_jpeg(tmp_path / "imgs" / rec["file_path"], (200, 30, 30))
+    gallery = resolve_gallery(str(tmp_path), DataConfig(), "test")
+    assert gallery.pids == [12004, 12005] and len(gallery.paths) == 2
