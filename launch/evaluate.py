@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, cfg, meta = load_exported(args.checkpoint)
     overrides = list(args.overrides)
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
-    overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
+    overrides += [f"data.dataset={args.dataset}", f"eval.split={args.split}"] if args.dataset else []
     if overrides:
         cfg = load_config(args.checkpoint / "config.yaml", overrides)
         positions = model.text_encoder.config.max_position_embeddings  # the model is built: check what it reads

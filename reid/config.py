@@ -365,6 +365,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def validate(self, path: str) -> None:
+        """Checks that span sections (each section checks its own fields first)."""
+        if self.disentangle.loss_weights.fusion_match > 0:
+            _check(self.model.fusion.type != "none", "disentangle.loss_weights.fusion_match",
+                   "> 0 needs a fusion module, but model.fusion.type is 'none'")
+        from reid.data.formats import FORMATS  # the splits each dataset has
+
+        splits = FORMATS[self.data.dataset].splits if self.data.dataset in FORMATS else ()
+        _check(not splits or self.eval.split in splits, "eval.split",
+               f"{self.eval.split!r}: data.dataset {self.data.dataset!r} has no such split "
+               f"(it has {', '.join(splits)}); set eval.split=test")
+
 
 # --------------------------------------------------------------------------------------------------
 # Loading, overriding, validating, saving

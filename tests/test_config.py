@@ -169,3 +169,11 @@ def test_the_projection_mlps_are_the_seeds_layer_for_layer():
     assert kinds == [nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
     assert (mlp[0].num_features, mlp[3].in_features, mlp[3].out_features, mlp[4].num_features) == (512, 512, 256, 256)
     assert (mlp[7].in_features, mlp[7].out_features) == (256, 256) and mlp[2].p == mlp[6].p == 0.2
+
+
+def test_checks_across_sections_live_in_config_validate():
+    with pytest.raises(ConfigError, match="eval.split: 'val': data.dataset 'icfg_pedes' has no such split"):
+        load_config(REPO / "configs" / "synthetic.yaml", ["data.dataset=icfg_pedes"])
+    load_config(REPO / "configs" / "synthetic.yaml", ["data.dataset=icfg_pedes", "eval.split=test"])
+    with pytest.raises(ConfigError, match="fusion_match: > 0 needs a fusion module"):
+        load_config(REPO / "configs" / "synthetic.yaml", ["disentangle.loss_weights.fusion_match=0.5", "model.fusion.type=none"])
