@@ -78,13 +78,12 @@ def train_image_loader(
     from reid.data.loader import CheckedGalleryLoader, GalleryDataset, collate_gallery
     from reid.data.samplers import ShardSampler
     from reid.data.tables import build_tables
-    from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform
+    from reid.data.transforms import EvalTransform, pixel_stats
 
     table = build_tables(cfg, tokenizer, root).train  # one row per caption
     _, first = np.unique(np.asarray(list(table["image_id"])), return_index=True)
     images = table.select(sorted(first.tolist()))
-    transform = EvalTransform(cfg.image_size, cfg.pixel_mean or pixel_mean or DEFAULT_MEAN,
-                              cfg.pixel_std or pixel_std or DEFAULT_STD)
+    transform = EvalTransform(cfg.image_size, *pixel_stats((cfg.pixel_mean, cfg.pixel_std), (pixel_mean, pixel_std)))
     loader = DataLoader(GalleryDataset(images, transform), batch_size=batch_size, collate_fn=collate_gallery,
                         sampler=ShardSampler(len(images), rank, world_size), num_workers=cfg.num_workers)
     return CheckedGalleryLoader(loader), list(images["file_path"])

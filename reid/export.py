@@ -26,25 +26,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from reid.config import Config, DataConfig, load_config, save_config
+from reid.config import Config, load_config, save_config
 from reid.errors import CheckpointError
 
 FORMAT_VERSION = 1
 INDEX = "model.safetensors.index.json"
-DEFAULT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # Hugging Face ViT's image_mean / image_std
-
-
-def pixel_stats(cfg: DataConfig, image_encoder_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation statistics: the config's, else the encoder's preprocessor_config.json, else 0.5."""
-    mean, std = DEFAULT_STATS
-    pre = Path(image_encoder_path) / "preprocessor_config.json" if image_encoder_path else None
-    if pre is not None and pre.is_file():
-        data = json.loads(pre.read_text())
-        mean = tuple(data.get("image_mean", mean))
-        std = tuple(data.get("image_std", std))
-    return tuple(cfg.pixel_mean or mean), tuple(cfg.pixel_std or std)
-
-
 def export_model(accelerator: Any, model: torch.nn.Module, out: Path, *, cfg: Config, tokenizer: Any, meta: dict) -> Path:
     """Collective (every rank calls it): write the export to a temporary name, then rename."""
     out = Path(out)

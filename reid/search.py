@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reid.data import keys
-from reid.errors import DataError, ReidError, report_user_errors
+from reid.errors import ReidError, report_user_errors
 from reid.retrieval import standard_form
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -118,9 +118,9 @@ GALLERY_FIELDS = ("image_embeds", "cloth_image_embeds")  # identity and (if the 
 def encode_gallery(model: torch.nn.Module, paths: Sequence[Path], meta: dict, device: torch.device) -> tuple[dict[str, torch.Tensor], list[int], list[str]]:
     """Embeddings ``{field: (N', E)}`` of the readable images (:data:`GALLERY_FIELDS` the model
     has), their indices in ``paths`` and one message per unreadable image."""
-    from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform, load_image
+    from reid.data.transforms import EvalTransform, load_image, pixel_stats
 
-    transform = EvalTransform(meta["image_size"], meta.get("pixel_mean") or DEFAULT_MEAN, meta.get("pixel_std") or DEFAULT_STD)
+    transform = EvalTransform(meta["image_size"], *pixel_stats(recorded=(meta.get("pixel_mean"), meta.get("pixel_std"))))
     embeds: dict[str, list[torch.Tensor]] = {}
     kept, errors = [], []
     for start in range(0, len(paths), BATCH_SIZE):

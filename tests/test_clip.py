@@ -229,13 +229,13 @@ def test_an_export_loads_without_the_clip_directory(clip_dir: Path, tmp_path: Pa
 
 def test_what_follows_the_clip_directory_tokenizer_and_pixel_statistics(clip_dir: Path) -> None:
     from reid.data import build_tokenizer
-    from reid.export import pixel_stats
+    from reid.data.transforms import pixel_stats
 
     tokenizer = build_tokenizer(DataConfig(text_max_length=77), str(clip_dir))
     assert type(tokenizer).__name__ == "CLIPTokenizer" and tokenizer.pad_token == "<|endoftext|>"
     ids = tokenizer("a woman in a red coat")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
-    mean, std = pixel_stats(DataConfig(), str(clip_dir))
+    mean, std = pixel_stats(encoder_path=str(clip_dir))
     assert list(mean) == pytest.approx(CLIP_MEAN) and list(std) == pytest.approx(CLIP_STD)
 
 

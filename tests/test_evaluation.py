@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from reid.config import load_config
-from reid.data import build_eval_data, build_tokenizer, keys
+from reid.data import build_eval_data, keys
 from reid.disentangle_eval import cross_outfit_probe, linear_probe, load_factors, mean_abs_cos, outfit_folds
 from reid.encoding import encode_gallery, encode_queries
 from reid.eval_report import format_report

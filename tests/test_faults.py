@@ -181,7 +181,7 @@ def test_a_full_disk_before_a_save_stops_the_run_and_a_resume_after_freeing_spac
     assert proc.returncode != 0
     checkpoints = disk / "full" / "checkpoints"
     assert len(errors(proc)) == 1, proc.stderr[-3000:]
-    assert errors(proc)[0].startswith(f"error: checkpoint step_00000010 not written: ")
+    assert errors(proc)[0].startswith("error: checkpoint step_00000010 not written: ")
     assert f"free on the disk of {checkpoints}, a checkpoint needs about" in errors(proc)[0]
     assert "train.run_name=full" in errors(proc)[0]
     assert "Traceback" not in ours_before_the_launchers(proc.stderr)

@@ -15,7 +15,6 @@ from PIL import Image
 
 from reid.data import synth
 from reid.data.synth_render import render
-from reid.data.synth_text import tokenize
 from reid.errors import DataError
 
 NUM_IDS, SIZE = 12, (64, 32)  # small and fast: ~80 images

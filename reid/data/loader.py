@@ -35,7 +35,7 @@ from reid.data.formats import format_spec
 from reid.data.pairs import NegativeSampler, identity_neighbours
 from reid.data.samplers import GlobalBatchSampler, ShardSampler
 from reid.data.tables import build_tables
-from reid.data.transforms import DEFAULT_MEAN, DEFAULT_STD, EvalTransform, TrainTransform, load_image
+from reid.data.transforms import EvalTransform, TrainTransform, load_image, pixel_stats
 from reid.errors import ConfigError, DataError
 
 SIMILAR_NEIGHBOURS = 32  # data.sampler=similar: how far a chain looks for the next identity
@@ -251,8 +251,8 @@ class EvalData:
 
 
 def _statistics(cfg: DataConfig, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> tuple:
-    """The config wins, then the encoder's statistics passed by the caller, then 0.5 / 0.5."""
-    return (cfg.pixel_mean or mean or DEFAULT_MEAN, cfg.pixel_std or std or DEFAULT_STD)
+    """:func:`reid.data.transforms.pixel_stats` of the config and the statistics the caller resolved."""
+    return pixel_stats((cfg.pixel_mean, cfg.pixel_std), (mean, std))
 
 
 def _seed_worker(worker_id: int) -> None:

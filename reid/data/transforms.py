@@ -15,6 +15,7 @@ that produced it.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,31 @@ ERASE_SCALE = (0.02, 0.33)
 ERASE_RATIO = (0.3, 3.3)
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # Hugging Face ViT's image processor
 DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def pixel_stats(
+    configured: tuple[Sequence[float] | None, Sequence[float] | None] = (None, None),
+    recorded: tuple[Sequence[float] | None, Sequence[float] | None] = (None, None),
+    encoder_path: str = "",
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image normalisation (mean, std): the one place its precedence is decided.
+
+    1. ``configured``: ``data.pixel_mean`` / ``data.pixel_std`` (the config wins);
+    2. ``recorded``: the statistics a run resolved and an export records (``reid_model.json``);
+    3. the image encoder directory's ``preprocessor_config.json`` (``image_mean`` / ``image_std``);
+    4. 0.5 / 0.5, Hugging Face ViT's.
+    Mean and std are resolved each on its own (a config may set only one).
+    """
+    from_encoder: tuple = (None, None)
+    pre = Path(encoder_path) / "preprocessor_config.json" if encoder_path else None
+    if pre is not None and pre.is_file():
+        data = json.loads(pre.read_text())
+        from_encoder = (data.get("image_mean"), data.get("image_std"))
+    out = []
+    for k, default in enumerate((DEFAULT_MEAN, DEFAULT_STD)):
+        value = configured[k] or recorded[k] or from_encoder[k] or default
+        out.append(tuple(float(v) for v in value))
+    return out[0], out[1]
 
 
 def load_image(path: str | Path) -> Image.Image:

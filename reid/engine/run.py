@@ -15,7 +15,8 @@ from reid.data import build_eval_data, build_tokenizer, build_train_data, prepar
 from reid.engine.checkpoint import candidates
 from reid.errors import ConfigError
 from reid.evaluation import evaluate, split_truth
-from reid.export import export_model, pixel_stats
+from reid.data.transforms import pixel_stats
+from reid.export import export_model
 from reid.distributed import DistContext
 from reid.losses import Criterion
 from reid.model import build_model
@@ -75,7 +76,7 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     with accelerator.local_main_process_first():
         prepare_root(cfg.data)
         tokenizer = build_tokenizer(cfg.data, cfg.model.text_encoder.path)
-        mean, std = pixel_stats(cfg.data, cfg.model.image_encoder.path)
+        mean, std = pixel_stats((cfg.data.pixel_mean, cfg.data.pixel_std), encoder_path=cfg.model.image_encoder.path)
         train_data = build_train_data(
             cfg.data, tokenizer, rank=rank, world_size=world, seed=cfg.train.seed, pixel_mean=mean, pixel_std=std
         )

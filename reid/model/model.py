@@ -251,9 +251,7 @@ class T2IReIDModel(nn.Module):
         ``pair_image_embeds``/``pair_text_embeds`` returns ``{"match_scores"}`` (:meth:`match_scores`)."""
         if keys.ID_INPUT_IDS not in batch:
             return self._retrieval(batch)
-        images = batch[keys.IMAGES]
-        B = images.shape[0]
-        out, cloth_branch = self._branches(self._image_features(images))
+        out, cloth_branch = self._branches(self._image_features(batch[keys.IMAGES]))
         out.update(self._image_embeddings(out["id_embeds"], cloth_branch if self.needs.cloth_image else None))
 
         fields = ["id"]
