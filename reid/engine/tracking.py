@@ -131,17 +131,17 @@ def learning_rates(lrs: dict[str, float]) -> dict[str, float]:
     return {f"lr/{name}": lr for name, lr in sorted(parts.items())}
 
 
-def tagged(terms: dict[str, float], weights: dict[str, float], report: dict[str, float]) -> dict[str, float]:
-    """Map meter names (``term/x``, ``report/x``, ``total``) to TensorBoard tags."""
-    out: dict[str, float] = {}
-    for name, value in terms.items():
-        out[f"loss/{name}"] = value
-        out[f"loss_weighted/{name}"] = value * weights.get(name, 0.0)
+def step_values(total, terms: dict, report: dict) -> dict:
+    """One training step's meter entries, named as they are logged (module docstring): ``loss/total``,
+    ``loss/<term>``, ``temperature``, ``diag/<name>``."""
+    out = {"loss/total": total, **{f"loss/{name}": value for name, value in terms.items()}}
     for name, value in report.items():
-        if name == "temperature":
-            out["temperature"] = value
-        elif name == "grl_alpha":
-            out["grl/alpha"] = value
-        else:
-            out[f"diag/{name}"] = value
+        out["temperature" if name == "temperature" else f"diag/{name}"] = value
     return out
+
+
+def with_weighted(values: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
+    """``values`` plus ``loss_weighted/<term>`` = weight x ``loss/<term>`` for every weighted term."""
+    weighted = {f"loss_weighted/{name}": values[f"loss/{name}"] * w for name, w in weights.items()
+                if f"loss/{name}" in values}
+    return {**values, **weighted}

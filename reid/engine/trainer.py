@@ -30,7 +30,7 @@ from reid.engine.resume import locate
 from reid.engine.run import RunContext, build_components, choose_run_dir, create_run_dir
 from reid.engine.signals import StopRequest, stop_with_launcher
 from reid.engine.state import TrainState
-from reid.engine.tracking import Meters, RunWriter, learning_rates, tagged
+from reid.engine.tracking import Meters, RunWriter, learning_rates, step_values, with_weighted
 from reid.errors import DiskFullError, ReidError, silence_stdout
 
 
@@ -259,8 +259,7 @@ class _Trainer:
             else:
                 self.state.bad_steps_in_row = 0
                 self.accelerator.backward(total)
-                self.meters.add({"total": total, **{f"term/{k}": v for k, v in terms.items()},
-                                 **{f"report/{k}": v for k, v in report.items()}})
+                self.meters.add(step_values(total, terms, report))
             if self.accelerator.sync_gradients:
                 self._optimizer_step(nonfinite)
         return stop
@@ -326,15 +325,8 @@ class _Trainer:
             self.progress = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True)
 
     def _log(self, samples_per_s: float) -> None:
-        means = self.meters.pop_means(self.accelerator)
-        terms = {k[5:]: v for k, v in means.items() if k.startswith("term/")}
-        report = {k[7:]: v for k, v in means.items() if k.startswith("report/")}
-        values = tagged(terms, self.ctx.weights, report)
+        values = with_weighted(self.meters.pop_means(self.accelerator), self.ctx.weights)  # names as logged
         values.update(learning_rates(self.last_lrs))
-        if "total" in means:
-            values["loss/total"] = means["total"]
-        if "grad_norm" in means:
-            values["grad_norm"] = means["grad_norm"]
         values["grl/alpha"] = float(self.raw_model.grl_alpha)
         values["perf/samples_per_s"] = samples_per_s
         values["epoch"] = self.state.epoch
