@@ -413,3 +413,50 @@ def test_the_heads_of_the_usual_checkpoints_are_left_out_quietly(tmp_path: Path,
     build_image_encoder(EncoderConfig(path=str(tmp_path / "pooler")), (32, 32))
     captured = capfd.readouterr()
     assert "LOAD REPORT" not in captured.err + captured.out and "not sharded" not in captured.err
+
+
+def test_fusion_matches_the_seeds_forward_on_the_same_weights() -> None:
+    """The seed's AttentionGatedFusion.forward, written out as the seed writes it (sequence-first
+    nn.MultiheadAttention over unsqueeze(0), residual + LayerNorm, softmax gate, dropout, fc,
+    LayerNorm), on our module's weights, in eval mode: the same fused features."""
+    torch.manual_seed(0)
+    ours = AttentionGatedFusion(32, num_heads=4, output_dim=16, dropout=0.1).eval()
+    seed_image_attn = torch.nn.MultiheadAttention(embed_dim=32, num_heads=4, dropout=0.1).eval()
+    seed_text_attn = torch.nn.MultiheadAttention(embed_dim=32, num_heads=4, dropout=0.1).eval()
+    seed_image_attn.load_state_dict(ours.image_attn.state_dict())
+    seed_text_attn.load_state_dict(ours.text_attn.state_dict())
+    image, text = torch.randn(6, 32), torch.randn(6, 32)
+
+    def seed_forward(image_features, text_features):  # the seed's lines, with its modules
+        image_query = image_features.unsqueeze(0)
+        text_kv = text_features.unsqueeze(0)
+        image_attn_output, _ = seed_image_attn(image_query, text_kv, text_kv)
+        image_attn_output = ours.norm_image(image_attn_output.squeeze(0) + image_features)
+        text_query = text_features.unsqueeze(0)
+        image_kv = image_features.unsqueeze(0)
+        text_attn_output, _ = seed_text_attn(text_query, image_kv, image_kv)
+        text_attn_output = ours.norm_text(text_attn_output.squeeze(0) + text_features)
+        concat_features = torch.cat([image_attn_output, text_attn_output], dim=-1)
+        gate_weights = ours.gate(concat_features)
+        image_weight, text_weight = gate_weights[:, 0:1], gate_weights[:, 1:2]
+        fused_features = image_weight * image_attn_output + text_weight * text_attn_output
+        fused_features = ours.dropout(fused_features)
+        fused_features = ours.fc(fused_features)
+        return ours.norm_final(fused_features)
+
+    with torch.no_grad():
+        fused, gate = ours(image, text)
+        torch.testing.assert_close(fused, seed_forward(image, text))
+    assert torch.allclose(gate.sum(dim=1), torch.ones(6))
+
+
+def test_both_branches_are_relu_of_their_projection_as_in_the_seed() -> None:
+    """id_embeds = ReLU(id_projection(h)), cloth_embeds = ReLU(cloth_projection(h)) on the [CLS] h."""
+    model = tiny(every_term()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+        h = model._image_features(batch[K.IMAGES])
+        torch.testing.assert_close(out["id_embeds"], torch.relu(model.id_projection(h)))
+        torch.testing.assert_close(out["cloth_embeds"], torch.relu(model.cloth_projection(h)))
+    assert (out["id_embeds"] >= 0).all() and (out["cloth_embeds"] == 0).any()
