@@ -31,6 +31,8 @@ from reid.errors import CheckpointError
 
 FORMAT_VERSION = 1
 INDEX = "model.safetensors.index.json"
+
+
 def export_model(accelerator: Any, model: torch.nn.Module, out: Path, *, cfg: Config, tokenizer: Any, meta: dict) -> Path:
     """Collective (every rank calls it): write the export to a temporary name, then rename."""
     out = Path(out)
