@@ -17,7 +17,8 @@ data cache and installed wheels go to ``--work`` (a new temporary folder by defa
   train       the embedded default through ``accelerate launch`` on one GPU in bf16 (the README's
               main job; the same R1 as on CPU is the check)
   zero2       a short 1-GPU DeepSpeed ZeRO-2 run of the default
-  clip        the CLIP config on generated data, when ``configs/cuhk_pedes_clip.yaml`` exists
+  clip        the CLIP config (``configs/cuhk_pedes_clip.yaml``) on the generated data, with a random
+              CLIP directory of ViT-B/16's size (``bench/random_clip.py``: nothing can be downloaded)
   metrics     ``bench/metrics_speed.py`` at CUHK-PEDES and ICFG-PEDES sizes
   eval        ``bench/eval_speed.py``: ranking under the standard and clothing-change protocols, at
               CUHK-PEDES and ICFG-PEDES sizes
@@ -82,12 +83,17 @@ def stage_commands(name: str, args, out: Path) -> list[list[str]] | str:
         over = ["train.run_name=zero2-1gpu", "train.epochs=2", f"train.max_steps={3 if dry else 40}"]
         return [launch + setup + [str(REPO / "launch" / "train.py")] + common + over]
     if name == "clip":
-        if not CLIP_CONFIG.is_file():
-            return f"{CLIP_CONFIG.relative_to(REPO)} does not exist yet"
-        setup = ["--cpu", "--num_processes", "1"] if dry else [
+        # No weights can be downloaded: a random CLIP directory of ViT-B/16's size (tiny in a dry run),
+        # then the CLIP config on the generated synthetic data. Speed and memory are CLIP's.
+        clip_dir = args.work / f"clip-random-{'tiny' if dry else 'base'}"
+        make = [py, str(REPO / "bench" / "random_clip.py"), "--out", str(clip_dir), "--size", "tiny" if dry else "base"]
+        setup = ["--cpu", "--num_processes", "1", "--mixed_precision", "no"] if dry else [
             "--config_file", str(REPO / "accelerate_configs" / "single_gpu.yaml")]
-        return [launch + setup + [str(REPO / "launch" / "train.py"), "--config", str(CLIP_CONFIG)] + common
-                + ["train.run_name=clip", f"train.max_steps={3 if dry else 40}"]]
+        over = [f"model.image_encoder.path={clip_dir}", f"model.text_encoder.path={clip_dir}", "data.root=",
+                "train.run_name=clip", "train.epochs=1",
+                f"train.max_steps={3 if dry else 40}", "optim.warmup_steps=2"]
+        over += ["data.image_size=[32,32]", "data.batch_size=8", "data.num_workers=0"] if dry else []
+        return [make, launch + setup + [str(REPO / "launch" / "train.py"), "--config", str(CLIP_CONFIG)] + common + over]
     if name == "metrics":
         return [[py, str(REPO / "bench" / "metrics_speed.py"), "--device", "cpu" if dry else "cuda"]
                 + ([] if dry else ["--icfg"])]
@@ -161,13 +167,15 @@ def summarise(out: Path, stages: list[dict]) -> dict:
                         f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {r.get('max_mem_gb', float('nan')):.1f} |")
     summary["train_result"] = final_line(out / "train.log", "val (best")
     summary["zero2_result"] = final_line(out / "zero2.log", "val (best")
+    summary["clip_result"] = final_line(out / "clip.log", "val (best")
     lines = ["| script | variant | samples/s | × seed-literal | MFU (measured peak) | peak GB |",
              "|---|---|---|---|---|---|", *rows, "",
              "| stage | status | seconds |", "|---|---|---|",
              *[f"| {s['stage']} | {s['status']}{': ' + s['why'] if 'why' in s else ''} | {s.get('seconds', '-')} |"
                for s in stages], "",
              f"default (bf16, 1 GPU): {summary['train_result']}",
-             f"ZeRO-2 (1 GPU): {summary['zero2_result']}"]
+             f"ZeRO-2 (1 GPU): {summary['zero2_result']}",
+             f"CLIP config, random CLIP ViT-B/16 (1 GPU): {summary['clip_result']}"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

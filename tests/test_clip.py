@@ -17,6 +17,7 @@ import torch
 
 from reid.config import DataConfig, DisentangleConfig, EncoderConfig, ModelConfig, load_config
 from reid.data import keys as K
+from bench.random_clip import CLIP_MEAN, CLIP_STD  # what the saved image processor says
 from reid.errors import ConfigError, MissingWeightsError
 from reid.losses import Criterion
 from reid.model import build_model
@@ -26,53 +27,24 @@ from tests.test_model import edit_weights
 
 CLASSES, B = 5, 6
 HIDDEN, PROJECTION = 32, 48  # the features are projection_dim wide, not hidden_size
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 WORDS = ("a", "man", "woman", "in", "red", "black", "blue", "coat", "shirt", "with", "and", "the")
 
 
 def clip_tokenizer():
-    """A byte-level BPE tokenizer shaped like CLIP's: the 256-character byte alphabet, each also as a
-    word end ``c</w>``, merges that make each of ``WORDS`` one token, then <|startoftext|> and
-    <|endoftext|> as the two last ids (as 49406 / 49407 in CLIP's). It pads with <|endoftext|>."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
+    """bench/random_clip.py's CLIP-shaped byte-level BPE tokenizer, each of ``WORDS`` one token."""
+    from bench.random_clip import clip_tokenizer as make
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(alphabet + [c + "</w>" for c in alphabet])}
-    merges = []
-    for word in WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            if (parts[0], parts[1]) not in merges:
-                merges.append((parts[0], parts[1]))
-            vocab.setdefault(merged, len(vocab))
-            parts = [merged] + parts[2:]
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return make(WORDS)
 
 
 def save_clip(directory: Path, *, eos_token_id: int = 2, seed: int = 0) -> Path:
-    """A tiny random ``CLIPModel`` with its tokenizer and image processor, as `hf download` leaves one.
-    Its text config says ``eos_token_id: 2``, as openai's CLIP configs do, unless told otherwise."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    """A tiny random ``CLIPModel`` (hidden 32, projection 48, 32x32 images, patches of 8) with its
+    tokenizer and image processor, as `hf download` leaves one (bench/random_clip.py). Its text
+    config says ``eos_token_id: 2``, as openai's CLIP configs do, unless told otherwise."""
+    from bench.random_clip import SIZES, save_random_clip
 
-    tokenizer = clip_tokenizer()
-    tower = dict(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = CLIPConfig(
-        vision_config=dict(tower, image_size=32, patch_size=8),
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=77,
-                         bos_token_id=tokenizer.bos_token_id, pad_token_id=1,
-                         eos_token_id=eos_token_id),
-        projection_dim=PROJECTION,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    CLIPImageProcessorPil(image_mean=CLIP_MEAN, image_std=CLIP_STD, size={"shortest_edge": 32},
-                       crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
+    assert SIZES["tiny"]["projection_dim"] == PROJECTION and SIZES["tiny"]["vision"]["hidden_size"] == HIDDEN
+    return save_random_clip(directory, "tiny", WORDS, seed=seed, eos_token_id=eos_token_id)
 
 
 @pytest.fixture(scope="module")

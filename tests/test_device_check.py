@@ -61,12 +61,13 @@ def test_dry_run_runs_every_stage_on_cpu(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status["wheels"] == "skipped"
-    for stage in ("env", "throughput", "train", "zero2", "metrics", "eval"):
+    for stage in ("env", "throughput", "train", "zero2", "clip", "metrics", "eval"):
         assert status[stage] == "ok", (stage, (out / f"{stage}.log").read_text()[-2000:])
     assert status["anchor"] == ("ok" if ANCHOR.is_file() else "skipped")
     assert [r["variant"] for r in summary["throughput"]["runs"]] == ["bf16"]
     assert summary["train_result"].startswith("val (best at step 3") and "clothing-invariant" in summary["train_result"]
     assert summary["zero2_result"].startswith("val (best at step 3")
+    assert summary["clip_result"].startswith("val (best at step 3")
     assert "| throughput | bf16 |" in (out / "summary.md").read_text()
     eval_log = (out / "eval.log").read_text()
     assert "standard ranking" in eval_log and "clothing-change ranking" in eval_log
