@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,10 +78,18 @@ def _peak_mb() -> float:
 
 
 def corpus(size: int, rare_words: int, scratch: Path) -> dict:
-    """Generate the ``size``-caption corpus (its own process: its memory is not the build's)."""
+    """Generate the ``size``-caption corpus (its own process: its memory is not the build's); a
+    ``--scratch`` that already holds it with the same settings is reused."""
+    root = scratch / f"corpus-{size}"
+    marker = root / "corpus.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("rare_words") == rare_words:
+        return json.loads(marker.read_text())
     start = time.perf_counter()
-    people = make_corpus(scratch / f"corpus-{size}", size, rare_words)
-    return {"captions": size, "people": people, "generate_s": round(time.perf_counter() - start, 1)}
+    people = make_corpus(root, size, rare_words)
+    report = {"captions": size, "people": people, "rare_words": rare_words,
+              "generate_s": round(time.perf_counter() - start, 1)}
+    marker.write_text(json.dumps(report))
+    return report
 
 
 def measure(size: int, rare_words: int, scratch: Path) -> dict:
@@ -91,7 +100,9 @@ def measure(size: int, rare_words: int, scratch: Path) -> dict:
 
     root = scratch / f"corpus-{size}"
     people = len({r["id"] for r in json.loads((root / "reid_raw.json").read_text())})
-    cfg = DataConfig(root=str(root), cache_dir=str(scratch / f"cache-{size}"), negatives="hard", hard_topk=5,
+    cache = scratch / f"cache-{size}"
+    shutil.rmtree(cache, ignore_errors=True)  # a table build from scratch, every time
+    cfg = DataConfig(root=str(root), cache_dir=str(cache), negatives="hard", hard_topk=5,
                      image_size=(16, 8), text_max_length=64)
     tokenizer = build_tokenizer(cfg, "")
     base_mb = _peak_mb()  # imports + tokenizer

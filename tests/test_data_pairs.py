@@ -113,8 +113,8 @@ def _mean_similarity(texts, valid, cands):
 
 
 def test_approximate_search_keeps_the_rules_and_is_exact_when_everything_is_in_reach():
-    """One k-means cell holds every text of a small table, and a sketch of <= 256 words is the
-    TF-IDF vector itself: the approximate search must then find what the exact one finds."""
+    """One k-means cell holds every text of a small table, and within reach the similarities are
+    the exact ones: the approximate search must then find what the exact one finds."""
     texts, pids, valid = _random_table(n=80, num_ids=8, seed=1)
     exact = hard_candidates(texts, pids, valid, 4, search="exact")
     approx = hard_candidates(texts, pids, valid, 4, search="approximate")
@@ -127,11 +127,12 @@ def test_approximate_search_keeps_the_rules_and_is_exact_when_everything_is_in_r
 
 
 def test_approximate_search_over_many_cells_stays_close_to_exact(monkeypatch):
-    """Cells of ~16 texts (so a text sees 8 of ~25 cells): the candidates' similarity stays within
-    3 % of the exact candidates' on average, and the rules hold for every row."""
+    """Cells of ~16 texts, 8 of ~25 searched: the candidates' similarity stays within 3 % of the
+    exact candidates' on average, and the rules hold for every row."""
     import reid.data.pairs as pairs
 
     monkeypatch.setattr(pairs, "CELL_SIZE", 16)
+    monkeypatch.setattr(pairs, "PROBE_CELLS", 8)
     texts, pids, valid = _random_table(n=400, num_ids=40, seed=2)
     exact = hard_candidates(texts, pids, valid, 3, search="exact")
     approx = hard_candidates(texts, pids, valid, 3, search="approximate")
@@ -143,18 +144,18 @@ def test_approximate_search_over_many_cells_stays_close_to_exact(monkeypatch):
 
 
 def test_sketch_keeps_frequent_words_exact_and_hashes_the_rest():
-    """Over 256 words, the 128 most frequent keep their own coordinate: texts made of them have
-    the same cosine in the sketch as in TF-IDF; the sketch of rare words is unbiased (random signs)."""
+    """Over SKETCH_DIM words, the SKETCH_DIM / 2 most frequent keep their own coordinate: texts made
+    of them have the same cosine in the sketch as in TF-IDF; the sketch of rare words is unbiased."""
     import torch
 
     from reid.data.pairs import _sketch, _tfidf
 
-    common = [f"c{i}" for i in range(100)]
+    common = [f"c{i}" for i in range(60)]  # fewer than SKETCH_DIM / 2
     rare = [f"r{i}" for i in range(400)]
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(common, 5)) for _ in range(300)] + [" ".join(rng.choice(rare, 3)) for _ in range(200)]
     matrix = _tfidf(texts)
-    assert matrix.shape[1] > 256
+    assert matrix.shape[1] > 128
     sketch = _sketch(matrix)
     dense = matrix.to_dense()
     exact = dense[:300] @ dense[:300].T

@@ -18,7 +18,8 @@ fine up to ~20k unique texts (seconds), hours at a million. Above :data:`EXACT_M
 torch: each text becomes a fixed-width sketch of its TF-IDF vector (the most frequent words keep
 their own coordinate, the rare ones are hashed with a random sign into the rest, so inner products
 stay unbiased), two-level k-means puts the sketches into ~U/256 cells, and each cell's texts are
-compared with the texts of the :data:`PROBE_CELLS` cells nearest to it. Time and memory grow linearly in
+compared — by their exact TF-IDF cosine — with the texts of the :data:`PROBE_CELLS` cells nearest
+to it. Time and memory grow linearly in
 the number of texts; the agreement with the exact search is measured by ``bench/prep_speed.py``
 (BENCHMARKS.md).
 
@@ -41,9 +42,9 @@ _TOKEN_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _EXTRA = 16  # similar texts looked at beyond top-k before a full sort is needed
 _CHUNK = 256  # query texts per similarity block: a block is (unique texts, _CHUNK) floats
 EXACT_MAX_TEXTS = 20_000  # "auto": exact search up to this many unique clothing texts
-SKETCH_DIM = 256  # width of the approximate search's text sketches
+SKETCH_DIM = 128  # width of the sketches that place texts in cells (the search itself is exact)
 CELL_SIZE = 256  # texts per k-means cell, on average
-PROBE_CELLS = 8  # cells searched per cell (its own and the nearest others)
+PROBE_CELLS = 32  # cells searched per cell (its own and the nearest others)
 
 
 class NegativeSampler:
@@ -174,7 +175,7 @@ def _sketch(matrix: torch.Tensor, dim: int = SKETCH_DIM, seed: int = 0) -> torch
         sign[by_frequency[own:]] = torch.randint(2, (vocab - own,), generator=g).float() * 2 - 1
     out = torch.zeros(num_texts, dim)
     out.index_put_((rows, target[cols]), sign[cols] * vals, accumulate=True)
-    return torch.nn.functional.normalize(out, dim=1)
+    return out.div_(out.norm(dim=1, keepdim=True).clamp_min(1e-12))  # in place: 0.5 GB at 1M texts
 
 
 def _kmeans(points: torch.Tensor, cells: int, iterations: int = 8, seed: int = 0) -> torch.Tensor:
@@ -216,38 +217,79 @@ def _cells(sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cell_of, torch.cat(centroids)
 
 
+def _permute_rows(matrix: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The CSR matrix with its rows in ``order`` (row i of the result is row order[i])."""
+    crow, cols, vals = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    lengths = crow.diff()[order]
+    starts = crow[:-1][order]
+    new_crow = torch.zeros(len(order) + 1, dtype=crow.dtype)
+    new_crow[1:] = torch.cumsum(lengths, 0)
+    # the source position of every stored value, row after row in the new order
+    offsets = torch.arange(int(new_crow[-1])) - torch.repeat_interleave(new_crow[:-1], lengths)
+    source = torch.repeat_interleave(starts, lengths) + offsets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(new_crow, cols[source], vals[source], size=matrix.shape)
+
+
+def _rows(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of a CSR matrix, as a CSR matrix (views of its arrays: no copy)."""
+    crow = matrix.crow_indices()
+    lo, hi = int(crow[start]), int(crow[stop])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow[start : stop + 1] - lo, matrix.col_indices()[lo:hi],
+                                       matrix.values()[lo:hi], size=(stop - start, matrix.shape[1]))
+
+
 def _approximate_neighbours(matrix: torch.Tensor, depth: int) -> torch.Tensor:
-    """(U, depth) per text: the ``depth`` most similar other texts by sketch cosine, most similar
-    first, searched in the text's k-means cell and the :data:`PROBE_CELLS` - 1 cells whose centroids
-    are nearest its cell's (rows with fewer texts in reach repeat their last neighbour)."""
+    """(U, depth) per text: the ``depth`` most similar other texts (exact TF-IDF cosine), most
+    similar first, among the texts of its k-means cell and the :data:`PROBE_CELLS` - 1 cells whose
+    centroids are nearest its cell's (rows with fewer texts in reach repeat their last neighbour).
+
+    The sketches only place the texts in cells; the similarities within reach are the exact ones,
+    computed as sparse rows x a dense block of the cell's texts (cheaper than the sketch products:
+    a caption has ~20 words)."""
     sketch = _sketch(matrix)  # (U, d)
     num = len(sketch)
     cell_of, centroids = _cells(sketch)
-    sketch = sketch.half()  # stored in 16 bits (half the memory at 1M texts), compared in 32
+    del sketch  # placing is done: the search reads the TF-IDF rows themselves
     cells = len(centroids)
     order = torch.argsort(cell_of, stable=True)
     counts = torch.bincount(cell_of, minlength=cells)
     starts = (torch.cumsum(counts, 0) - counts).tolist()
     counts = counts.tolist()
+    by_cell = _permute_rows(matrix, order)  # each cell's texts are consecutive rows
     affinity = torch.cat([centroids[i : i + 4096] @ centroids.T for i in range(0, cells, 4096)])  # (C, C): small
     affinity.fill_diagonal_(-2.0)
     probes = affinity.topk(min(PROBE_CELLS - 1, cells - 1), dim=1).indices.tolist() if cells > 1 else [[]]
     out = torch.empty(num, depth, dtype=torch.int64)
     for c in range(cells):
-        members = order[starts[c] : starts[c] + counts[c]]
-        m = len(members)
+        s, m = starts[c], counts[c]
         if m == 0:
             continue
-        pool = torch.cat([members] + [order[starts[k] : starts[k] + counts[k]] for k in probes[c]])  # own cell first
-        sims = sketch[members].float() @ sketch[pool].float().T  # (m, |pool|)
+        reach = [c] + probes[c]  # own cell first
+        dense = _dense_rows(by_cell, s, s + m)  # (V, m)
+        sims = torch.cat([_rows(by_cell, starts[k], starts[k] + counts[k]) @ dense for k in reach]).T  # (m, |pool|)
+        pool = torch.cat([order[starts[k] : starts[k] + counts[k]] for k in reach])  # original text indices
         sims[torch.arange(m), torch.arange(m)] = -2.0  # never the same text
         k = min(depth, len(pool) - 1)
         if k < 1:
-            out[members] = members[:, None]  # a lone text: no neighbour (the caller drops itself)
+            out[order[s : s + m]] = order[s : s + m, None]  # a lone text: no neighbour (the caller drops itself)
             continue
         nearest = pool[sims.topk(k, dim=1).indices]  # (m, k)
-        out[members] = torch.cat([nearest, nearest[:, -1:].expand(-1, depth - k)], dim=1)
+        out[order[s : s + m]] = torch.cat([nearest, nearest[:, -1:].expand(-1, depth - k)], dim=1)
     return out
+
+
+def _dense_rows(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of a CSR matrix as a dense (V, stop - start) block (transposed)."""
+    crow = matrix.crow_indices()
+    lo, hi = int(crow[start]), int(crow[stop])
+    rows = torch.repeat_interleave(torch.arange(stop - start), crow[start : stop + 1].diff())
+    block = torch.zeros(matrix.shape[1], stop - start)
+    block[matrix.col_indices()[lo:hi], rows] = matrix.values()[lo:hi]
+    return block
 
 
 def _block(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:
