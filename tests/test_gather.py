@@ -22,6 +22,7 @@ from reid.data import keys as K
 from reid.distributed import DistContext, gather_with_grad
 from reid.losses import Criterion
 from reid.model import SyncBatchNorm1d, T2IReIDModel, convert_sync_batchnorm
+from reid.model.model import HeadSettings
 
 WORLD = 2
 ROWS = 4  # per process
@@ -57,9 +58,11 @@ class ToyTextEncoder(nn.Module):
 def toy_model(dcfg: DisentangleConfig) -> T2IReIDModel:
     torch.manual_seed(0)
     cfg = ModelConfig(shared_dim=12, embed_dim=8, mlp_dropout=0.0)
-    return T2IReIDModel(
-        ToyImageEncoder(), ToyTextEncoder(), hidden_size=HIDDEN, cfg=cfg, dcfg=dcfg, num_classes=CLASSES
+    model = T2IReIDModel(
+        ToyImageEncoder(), ToyTextEncoder(), hidden_size=HIDDEN, cfg=cfg, heads=HeadSettings.of(dcfg), num_classes=CLASSES
     )
+    model.grl_alpha = dcfg.alpha.at(0)
+    return model
 
 
 def global_batch(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -114,6 +114,24 @@ class Needs:
         )
 
 
+@dataclass(frozen=True)
+class HeadSettings:
+    """All the model takes from the loss configuration, derived once (:meth:`of`): which outputs
+    the enabled terms need, where the GRL sits, the seed-form projector width and the temperature.
+    The model holds no loss weights and no schedule (the trainer sets ``grl_alpha``)."""
+
+    needs: Needs
+    grl_on_branch: bool  # disentangle.grl == "cloth_branch"
+    projector_dim: int  # disentangle.decouple.projector_dim
+    temperature: float
+    learnable_temperature: bool
+
+    @staticmethod
+    def of(dcfg: DisentangleConfig) -> "HeadSettings":
+        return HeadSettings(Needs.of(dcfg), dcfg.grl == "cloth_branch", dcfg.decouple.projector_dim,
+                            dcfg.temperature, dcfg.learnable_temperature)
+
+
 class T2IReIDModel(nn.Module):
     """Identity / clothing text-to-image ReID model; see the module docstring and docs/model.md.
 
@@ -135,12 +153,12 @@ class T2IReIDModel(nn.Module):
         *,
         hidden_size: int,
         cfg: ModelConfig,
-        dcfg: DisentangleConfig,
+        heads: HeadSettings,
         num_classes: int,
         pad_token_id: int = 0,
     ) -> None:
         super().__init__()
-        needs = self.needs = Needs.of(dcfg)
+        needs = self.needs = heads.needs
         if needs.fusion and cfg.fusion.type == "none":
             raise ConfigError(
                 "disentangle.loss_weights.fusion_match: > 0 needs a fusion module, "
@@ -151,10 +169,10 @@ class T2IReIDModel(nn.Module):
         self.pad_token_id = pad_token_id
         self.text_pool = cfg.text_pool
         self.image_is_clip, self.text_is_clip = is_clip(image_encoder), is_clip(text_encoder)
-        self.grl_on_branch = dcfg.grl == "cloth_branch"
-        # The GRL strength, a Python float (forward never syncs): the trainer sets it each epoch from
-        # disentangle.alpha, as it sets the learning rate; the model owns no schedule.
-        self.grl_alpha = dcfg.alpha.at(0)
+        self.grl_on_branch = heads.grl_on_branch
+        # The GRL strength, a Python float (forward never syncs): the trainer sets it at the start of
+        # each epoch from disentangle.alpha, as it sets the learning rate; the model owns no schedule.
+        self.grl_alpha = 0.0  # build_model starts it at disentangle.alpha's epoch-0 value
 
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -169,7 +187,7 @@ class T2IReIDModel(nn.Module):
         if needs.id_words and vocab is None:
             raise ConfigError("disentangle.loss_weights.id_words: > 0 needs a text encoder with a vocab_size")
         self.id_word_head = nn.Linear(H, vocab) if needs.id_words else None
-        proj = dcfg.decouple.projector_dim
+        proj = heads.projector_dim
         self.id_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
         self.cloth_embed_projector = nn.Linear(H, proj) if needs.seed_decouple else None
         self.shared_mlp = nn.Linear(H, cfg.shared_dim)
@@ -184,11 +202,11 @@ class T2IReIDModel(nn.Module):
         self.fusion = get_fusion_module(cfg.fusion) if needs.fusion else None
         self.scale = Scalar(1.0) if needs.fusion else None
         self.match_head = nn.Linear(cfg.fusion.output_dim, 1) if needs.fusion else None
-        if dcfg.learnable_temperature:
-            self.log_temperature = Scalar(math.log(dcfg.temperature))
+        if heads.learnable_temperature:
+            self.log_temperature = Scalar(math.log(heads.temperature))
         else:
             self.log_temperature = None
-            self.register_buffer("fixed_temperature", torch.full((1,), dcfg.temperature), persistent=False)
+            self.register_buffer("fixed_temperature", torch.full((1,), heads.temperature), persistent=False)
 
     def compile_encoders(self) -> None:
         """``torch.compile`` both encoders in place (``Module.compile`` keeps state-dict names)."""
@@ -430,10 +448,11 @@ def build_model(
         text_encoder,
         hidden_size=h_img,
         cfg=cfg,
-        dcfg=dcfg,
+        heads=HeadSettings.of(dcfg),  # the one place the loss config reaches the model
         num_classes=num_classes,
         pad_token_id=pad,
     )
+    model.grl_alpha = dcfg.alpha.at(0)  # the trainer moves it on each epoch
     if sync_bn:
         convert_sync_batchnorm(model)
     return model
