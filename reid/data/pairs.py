@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from array import array
 from collections import Counter
 from typing import Optional, Sequence
 
@@ -81,24 +82,28 @@ class NegativeSampler:
 
 
 def _tfidf(texts: Sequence[str]) -> torch.Tensor:
-    """L2-normalised TF-IDF rows (smooth idf) as a sparse CSR tensor (len(texts), vocabulary)."""
+    """L2-normalised TF-IDF rows (smooth idf) as a sparse CSR tensor (len(texts), vocabulary).
+    The word ids and counts are gathered in typed arrays (8 bytes an entry, not a Python int's 36:
+    at a million captions that is the difference between 0.1 and 0.7 GB)."""
     vocab: dict[str, int] = {}
-    crow, cols, counts = [0], [], []
+    crow, cols, counts = array("q", [0]), array("q"), array("q")
     for text in texts:
         tf = Counter(vocab.setdefault(tok, len(vocab)) for tok in _TOKEN_RE.findall(text))
         cols.extend(tf.keys())
         counts.extend(tf.values())
         crow.append(len(cols))
-    col = torch.tensor(cols, dtype=torch.int64)
-    val = torch.tensor(counts, dtype=torch.float32)
+    col = torch.frombuffer(cols, dtype=torch.int64) if cols else torch.zeros(0, dtype=torch.int64)
+    val = (torch.frombuffer(counts, dtype=torch.int64) if counts else torch.zeros(0, dtype=torch.int64)).float()
+    crow_t = torch.frombuffer(crow, dtype=torch.int64).clone()
+    col = col.clone()
     df = torch.bincount(col, minlength=len(vocab)).float()
     val = val * (torch.log((1 + len(texts)) / (1 + df)) + 1)[col]
-    row = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor(crow).diff())
+    row = torch.repeat_interleave(torch.arange(len(texts)), crow_t.diff())
     norm = torch.zeros(len(texts)).index_add_(0, row, val * val).sqrt().clamp_min(1e-12)
     val = val / norm[row]
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used here are stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.tensor(crow), col, val, size=(len(texts), max(len(vocab), 1)))
+        return torch.sparse_csr_tensor(crow_t, col, val, size=(len(texts), max(len(vocab), 1)))
 
 
 def hard_candidates(
