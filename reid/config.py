@@ -377,6 +377,14 @@ class Config:
                f"{self.eval.split!r}: data.dataset {self.data.dataset!r} has no such split "
                f"(it has {', '.join(splits)}); set eval.split=test")
 
+    def warnings(self) -> list[str]:
+        """Cross-section findings that do not stop a run (the entry point prints them)."""
+        out = []
+        if self.eval.split == "test":
+            out.append("eval.split=test: the best checkpoint is picked on the test split, which inflates "
+                       "its test figures (a dataset without a val split, such as ICFG-PEDES, leaves no other choice)")
+        return out
+
 
 # --------------------------------------------------------------------------------------------------
 # Loading, overriding, validating, saving

@@ -175,6 +175,8 @@ def test_the_projection_mlps_are_the_seeds_layer_for_layer():
 def test_checks_across_sections_live_in_config_validate():
     with pytest.raises(ConfigError, match="eval.split: 'val': data.dataset 'icfg_pedes' has no such split"):
         load_config(REPO / "configs" / "synthetic.yaml", ["data.dataset=icfg_pedes"])
-    load_config(REPO / "configs" / "synthetic.yaml", ["data.dataset=icfg_pedes", "eval.split=test"])
+    icfg = load_config(REPO / "configs" / "synthetic.yaml", ["data.dataset=icfg_pedes", "eval.split=test"])
+    assert icfg.warnings()[0].startswith("eval.split=test: the best checkpoint is picked on the test split")
+    assert load_config(REPO / "configs" / "synthetic.yaml").warnings() == []
     with pytest.raises(ConfigError, match="fusion_match: > 0 needs a fusion module"):
         load_config(REPO / "configs" / "synthetic.yaml", ["disentangle.loss_weights.fusion_match=0.5", "model.fusion.type=none"])

@@ -107,8 +107,8 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
         return evaluate(model_, eval_data, accelerator, truth=truth, standard=cfg.eval.standard,
                         chunk_size=cfg.eval.chunk_size)
 
-    if cfg.eval.split == "test":
-        if accelerator.is_main_process:
-            print("warning: eval.split=test: model selection on the test split inflates results")
+    if accelerator.is_main_process:
+        for warning in cfg.warnings():
+            print(f"warning: {warning}")
     return RunContext(run_dir, model, criterion, train_data, criterion.weights, run_eval, export)
 
