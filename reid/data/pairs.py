@@ -299,12 +299,7 @@ def _dense_rows(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 
 def _block(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Cosine similarities of every unique text to texts [start, stop): (U, stop - start)."""
-    crow = matrix.crow_indices()
-    lo, hi = int(crow[start]), int(crow[stop])
-    rows = torch.repeat_interleave(torch.arange(stop - start), crow[start : stop + 1].diff())
-    query = torch.zeros(matrix.shape[1], stop - start)  # (V, chunk), dense: small
-    query[matrix.col_indices()[lo:hi], rows] = matrix.values()[lo:hi]
-    return matrix @ query
+    return matrix @ _dense_rows(matrix, start, stop)  # (V, chunk) dense block: small
 
 
 def _pick(
