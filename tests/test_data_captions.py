@@ -65,6 +65,16 @@ CASES = [
         "He is wearing a long-sleeved white shirt with black stripes and grey trousers; he is holding an umbrella.",
         "Wearing a long-sleeved white shirt with black stripes and grey trousers. Holding an umbrella.",
     ),
+    (  # a bag sentence is clothing whatever the bag is called (SPLITTER_VERSION 2)
+        "A young woman with ginger hair tied in a ponytail. She has a blue rucksack on her back. She is tall and stout.",
+        "A young woman with ginger hair tied in a ponytail. She is tall and stout.",
+        "A blue rucksack on her back.",
+    ),
+    (
+        "The young lady has red hair and fair skin. Her outfit is a zip-up hooded top, grey slacks and a crossbody bag.",
+        "The young lady has red hair and fair skin.",
+        "Her outfit is a zip-up hooded top, grey slacks and a crossbody bag.",
+    ),
     (  # no identity part: the id text is the full caption
         "A black and white striped shirt, dark pants and a red cap.",
         "A black and white striped shirt, dark pants and a red cap.",

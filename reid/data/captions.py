@@ -48,14 +48,14 @@ from __future__ import annotations
 import functools
 import re
 
-SPLITTER_VERSION = 1
+SPLITTER_VERSION = 2  # 2: bags named rucksack / knapsack / crossbody, slacks, hooded, zip-up, maxi are clothing; stout is build
 
 _IDENTITY = frozenset(
     """
     man men woman women boy boys girl girls lady ladies gentleman guy gal female male kid child
     children baby toddler adult teen teenager teenage youth elderly aged old older young younger
     middle-aged age years year twenties thirties forties fifties sixties
-    slim thin skinny slender heavy heavyset fat chubby overweight plump stocky muscular build
+    slim thin skinny slender heavy heavyset fat chubby overweight plump stocky stout muscular build
     built tall short petite height figure body
     hair haired hairs hairstyle haircut bald balding ponytail ponytails pigtails bun braid braids
     braided bangs fringe curly wavy straight blonde blond brunette redhead
@@ -67,14 +67,15 @@ _CLOTHING = frozenset(
     """
     shirt shirts t-shirt tshirt tee blouse top tops tank vest polo jersey jacket jackets coat
     coats overcoat raincoat parka blazer suit sweater sweaters sweatshirt jumper cardigan hoodie
-    hoody hood pullover windbreaker uniform dress dresses gown skirt skirts trousers pants jeans
-    shorts capris leggings tights stockings overalls jumpsuit apron sleeve sleeves sleeved
+    hoody hood hooded zip-up pullover windbreaker uniform dress dresses gown maxi skirt skirts trousers
+    pants slacks chinos khakis jeans shorts capris leggings tights stockings overalls jumpsuit apron
+    sleeve sleeves sleeved
     sleeveless collar collared neckline outfit clothes clothing garment attire
     shoe shoes sneakers sneaker trainers boots boot sandals sandal heels heel slippers flats loafers
     socks sock footwear
     hat hats cap caps beanie helmet hood headband headscarf scarf scarves shawl gloves glove belt tie
-    bag bags backpack backpacks handbag handbags purse purses satchel tote briefcase suitcase
-    luggage pouch wallet umbrella
+    bag bags backpack backpacks rucksack rucksacks knapsack knapsacks daypack crossbody handbag
+    handbags purse purses satchel tote briefcase suitcase luggage pouch wallet umbrella
     glasses sunglasses spectacles eyeglasses goggles mask watch bracelet necklace earrings earring
     jewelry jewellery ring
     striped stripes stripe plaid checkered checked floral logo logos print printed pattern
