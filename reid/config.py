@@ -124,10 +124,13 @@ class EncoderConfig:
     # ViT patch side of a preset image encoder; 0 = 16 (a loaded ViT keeps its own: setting it is an error)
     patch_size: int = 0
     layers: int = 0  # transformer layers of a preset encoder; 0 = the preset's (a loaded one keeps its own)
+    # hidden size of a preset encoder; 0 = the preset's. A multiple of the preset's attention heads
+    # (tiny 4, small 6, base 12); the MLP keeps the preset's ratio (tiny 2x, small and base 4x)
+    hidden: int = 0
     gradient_checkpointing: bool = False  # recompute activations in backward (memory for time)
 
     def validate(self, path: str) -> None:
-        for name, what in (("patch_size", "0 = 16"), ("layers", "0 = the preset's")):
+        for name, what in (("patch_size", "0 = 16"), ("layers", "0 = the preset's"), ("hidden", "0 = the preset's")):
             _check(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0 ({what})")
             _check(not (self.path and getattr(self, name)), f"{path}.{name}",
                    f"only for a preset encoder: a loaded one keeps the {name} of its weights (set it to 0)")

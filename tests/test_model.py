@@ -304,6 +304,18 @@ def test_non_square_preset_uses_a_native_patch_grid() -> None:
         build_image_encoder(EncoderConfig(preset="tiny"), (100, 64))
 
 
+def test_preset_width_and_depth_overrides_keep_heads_and_mlp_ratio() -> None:
+    vit = build_image_encoder(EncoderConfig(preset="tiny", hidden=96, layers=3, patch_size=8), (32, 16))
+    assert (vit.config.hidden_size, vit.config.num_hidden_layers, vit.config.num_attention_heads,
+            vit.config.intermediate_size) == (96, 3, 4, 192)
+    bert = build_text_encoder(EncoderConfig(preset="tiny", hidden=96), vocab_size=VOCAB)
+    assert (bert.config.hidden_size, bert.config.num_hidden_layers, bert.config.intermediate_size) == (96, 2, 192)
+    with pytest.raises(ConfigError, match=r"model.image_encoder.hidden: 90 is not a multiple of preset 'tiny'"):
+        build_image_encoder(EncoderConfig(preset="tiny", hidden=90), (32, 16))
+    with pytest.raises(ConfigError, match=r"x.hidden: only for a preset encoder"):
+        EncoderConfig(path="/w/vit", hidden=96).validate("x")
+
+
 def test_local_weights_load_and_interpolate_position_embeddings_once(tmp_path: Path) -> None:
     torch.manual_seed(0)
     saved = build_image_encoder(EncoderConfig(preset="tiny"), (32, 32))

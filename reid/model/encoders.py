@@ -40,6 +40,16 @@ class Preset:
     mlp: int
 
 
+def preset_sizes(cfg: EncoderConfig, where: str) -> Preset:
+    """The preset's sizes with the config's ``layers`` / ``hidden`` overrides (0 = the preset's);
+    the MLP keeps the preset's hidden:MLP ratio, the number of heads stays."""
+    p = PRESETS[cfg.preset]
+    hidden = cfg.hidden or p.hidden
+    if hidden % p.heads:
+        raise ConfigError(f"{where}.hidden: {hidden} is not a multiple of preset {cfg.preset!r}'s {p.heads} attention heads")
+    return Preset(hidden=hidden, layers=cfg.layers or p.layers, heads=p.heads, mlp=p.mlp * hidden // p.hidden)
+
+
 PRESETS = {
     "tiny": Preset(hidden=64, layers=2, heads=4, mlp=128),  # trains a step on CPU in ~0.1 s
     "small": Preset(hidden=384, layers=12, heads=6, mlp=1536),  # ViT-S/16 sizes
@@ -91,10 +101,10 @@ def build_image_encoder(
     else:
         patch = cfg.patch_size or PATCH_SIZE
         _check_patch_multiple(image_size, patch)
-        p = PRESETS[cfg.preset]
+        p = preset_sizes(cfg, where)
         config = ViTConfig(
             hidden_size=p.hidden,
-            num_hidden_layers=cfg.layers or p.layers,
+            num_hidden_layers=p.layers,
             num_attention_heads=p.heads,
             intermediate_size=p.mlp,
             image_size=list(image_size),  # non-square sizes are native for a preset
@@ -239,11 +249,11 @@ def build_text_encoder(
     else:
         if vocab_size is None:
             raise ValueError(f"{where}: building preset {cfg.preset!r} needs the tokenizer's vocab_size")
-        p = PRESETS[cfg.preset]
+        p = preset_sizes(cfg, where)
         config = BertConfig(
             vocab_size=vocab_size,
             hidden_size=p.hidden,
-            num_hidden_layers=cfg.layers or p.layers,
+            num_hidden_layers=p.layers,
             num_attention_heads=p.heads,
             intermediate_size=p.mlp,
             max_position_embeddings=TEXT_MAX_POSITIONS,
