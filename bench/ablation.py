@@ -42,6 +42,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "separate_heads_id_words": (["model.cloth_heads=separate", f"{W}.id_words=1"], "`separate_heads` + `id_words` 1"),
     "separate_heads_id_words5": (["model.cloth_heads=separate", f"{W}.id_words=5"], "`separate_heads` + `id_words` 5"),
     "separate_heads_id_words20": (["model.cloth_heads=separate", f"{W}.id_words=20"], "`separate_heads` + `id_words` 20 (about 1/4 per identity word: the term averages over the ~80 words a batch uses)"),
+    "separate_heads_wide": (["model.cloth_heads=separate", "model.image_encoder.hidden=128", "model.text_encoder.hidden=128"], "`separate_heads` with encoders twice as wide (hidden 128 for 64)"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
     "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),
     "no_cls_bio": ([f"{W}.cls=0", f"{W}.bio=0"], "without `cls` and `bio`"),
