@@ -15,6 +15,10 @@ person, the ``outfit_id`` (unique over the dataset) and the identity / clothing 
   identity features know), ``-> person`` (identities of the evaluated split, fit on some of each
   person's outfits and scored on another, every outfit in turn: for the clothing branch that is
   identity leaking into clothing). Chance is the majority-class rate of the scored set.
+  ``text -> gender ... hair colour``: the same identity-factor probes on the **identity text**
+  embedding of the captions (fit on the train split's identity parts, scored on the evaluated
+  split's queries). What the text side reads is what retrieval could use; an identity fact the
+  text embedding reads and the image embedding does not is a limit of the image side.
 * ``mean_abs_cos``: mean |cos(id_embeds, cloth_embeds)| per image.
 
 Datasets without the file (CUHK-PEDES, ICFG-PEDES, RSTPReid) have none of this but the |cos|.
@@ -190,6 +194,36 @@ CLOTHING_PROBES = {"upper_colour": ("clothing", "upper_colour")}  # name -> (sec
 IDENTITY_PROBES = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour")
 # (source, target) pairs that measure leakage; the others are references (what a branch should hold)
 LEAKAGE = {("identity", "upper_colour"), ("id", "upper_colour"), ("cloth", "person")}
+
+
+def train_query_loader(cfg: Any, tokenizer: Any, root: Path, *, batch_size: int, rank: int = 0,
+                       world_size: int = 1) -> tuple[Any, list[str]]:
+    """A query-style loader whose ``id`` text is the identity part of each train caption (tokenized
+    here: the train table's ``id_input_ids`` hold whole captions when ``data.id_text`` is ``full``),
+    and each caption's image file path in loader order."""
+    import datasets
+    from torch.utils.data import DataLoader
+
+    from reid.data.loader import QueryCollate, QueryDataset, _pad_id
+    from reid.data.samplers import ShardSampler
+    from reid.data.tables import build_tables
+
+    table = build_tables(cfg, tokenizer, root).train  # one row per caption
+    ids = tokenizer(list(table["id_caption"]), truncation=True, max_length=cfg.text_max_length)["input_ids"]
+    parts = datasets.Dataset.from_dict({"input_ids": ids, "id_input_ids": ids, "cloth_input_ids": ids,
+                                        "cloth_valid": [False] * len(ids), "pid": list(table["pid"])})
+    loader = DataLoader(QueryDataset(parts), batch_size=batch_size, collate_fn=QueryCollate(_pad_id(tokenizer)),
+                        sampler=ShardSampler(len(parts), rank, world_size))
+    return loader, list(table["file_path"])
+
+
+def text_probes(train: Tensor, train_paths: Sequence[str], evaluated: Tensor, eval_paths: Sequence[str],
+                factors: dict[str, dict]) -> dict[str, ProbeResult]:
+    """``text_to_{factor}``: identity-factor probes on identity-text embeddings (one row per caption,
+    labelled by its image's person), fit on the train split, scored on the evaluated split."""
+    return {f"text_to_{target}": linear_probe(train, _labels(factors, train_paths, target),
+                                              evaluated.cpu(), _labels(factors, eval_paths, target))
+            for target in IDENTITY_PROBES}
 
 
 def _labels(factors: dict[str, dict], paths: Sequence[str], target: str) -> list[str]:

@@ -18,7 +18,8 @@ def _mode_label(mode: str) -> str:
 
 # Probe sources as the report names them: the 256-d identity embedding the clothing-invariant mode
 # ranks with, and the raw branch features (H) below the shared heads.
-_SOURCE_LABELS = {"identity": "identity embedding", "id": "id_embeds", "cloth": "cloth_embeds"}
+_SOURCE_LABELS = {"identity": "identity embedding", "id": "id_embeds", "cloth": "cloth_embeds",
+                  "text": "identity text embedding"}
 
 
 def format_report(report: dict[str, Any]) -> str:

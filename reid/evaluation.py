@@ -138,6 +138,7 @@ class Retrieval:
     rows: dict[tuple[str, str], dict[str, float]]  # (protocol, mode or oracle) -> metrics
     gallery: dict[str, Tensor]  # the image dispatch's outputs
     gallery_pids: Tensor
+    queries: dict[str, Tensor]  # field (full, id, cloth) -> text embeddings of the queries
     form: str  # the standard mode's form: composed | full
     seconds: dict[str, float]
 
@@ -156,7 +157,7 @@ def run_retrieval(
         fields = sorted({f for mode in MODES for f in query_fields(mode, form)})
         queries, q_pids = encode_queries(model, eval_data.query_loader, accelerator, len(eval_data.queries), fields)
         seconds["encode"] = time.perf_counter() - start
-        result = Retrieval({}, gallery, g_pids, form, seconds)
+        result = Retrieval({}, gallery, g_pids, queries, form, seconds)
         for protocol, (q_groups, g_groups) in protocol_groups(truth).items():
             options = dict(query_groups=q_groups, gallery_groups=g_groups, chunk_size=chunk_size)
             for mode in MODES:
@@ -231,8 +232,26 @@ def evaluate_split(
         start = time.perf_counter()
         report["disentangle"]["probes"] = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
                                                  gallery, list(data.gallery["file_path"]), result.gallery_pids)
+        from reid.disentangle_eval import MIN_PEOPLE_FOR_FACTORS
+
+        if len(set(result.gallery_pids.tolist())) >= MIN_PEOPLE_FOR_FACTORS:  # as the image-side factor probes
+            report["disentangle"]["probes"].update(_text_probes(
+                model, cfg, tokenizer, accelerator, root, truth.factors, result.queries["id"],
+                list(data.queries["file_path"])))
         report["seconds"]["probes"] = time.perf_counter() - start
     return report
+
+
+def _text_probes(model: torch.nn.Module, cfg: Any, tokenizer: Any, accelerator: Any, root: Any, factors: dict,
+                 evaluated: Tensor, eval_paths: list[str]) -> dict:
+    """Encode the train split's identity texts, fit the identity-text probes (reid.disentangle_eval)."""
+    from reid.disentangle_eval import text_probes, train_query_loader
+
+    loader, train_paths = train_query_loader(cfg.data, tokenizer, root, batch_size=cfg.eval.batch_size,
+                                             rank=accelerator.process_index, world_size=accelerator.num_processes)
+    with _eval_mode(model):
+        train, _ = encode_queries(model, loader, accelerator, len(train_paths), ("id",))
+    return {name: r.to_dict() for name, r in text_probes(train["id"], train_paths, evaluated, eval_paths, factors).items()}
 
 
 def _mean_abs_cos(gallery: dict[str, Tensor]) -> float:

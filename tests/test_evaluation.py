@@ -170,6 +170,38 @@ def test_evaluate_split_reports_every_protocol_and_matches_the_trainer(export: P
     json.dumps(report)  # JSON-able
 
 
+def test_identity_text_probes_fit_on_train_captions_and_score_the_queries(export: Path, monkeypatch) -> None:
+    import reid.disentangle_eval as D
+
+    monkeypatch.setattr(D, "MIN_PEOPLE_FOR_FACTORS", 1)  # the tiny split has too few people for the real threshold
+    model, tokenizer, cfg, meta = load_exported(export)
+    report = evaluate_split(model, cfg, tokenizer, meta, Accelerator(cpu=True), split="val")
+    probes = report["disentangle"]["probes"]
+    assert {f"text_to_{t}" for t in D.IDENTITY_PROBES} <= set(probes)
+    train_rows = len(D.train_query_loader(cfg.data, tokenizer, Path(cfg.data.root), batch_size=4)[1])
+    assert probes["text_to_gender"]["num_train"] == train_rows and probes["text_to_gender"]["num_test"] == report["num_queries"]
+    assert "identity text embedding -> hair colour (reference)" in format_report(report)
+
+
+def test_text_probes_read_what_the_text_embeddings_encode() -> None:
+    from reid.disentangle_eval import text_probes
+
+    g = torch.Generator().manual_seed(0)
+    factors, paths = {}, []
+    for pid in range(40):
+        path = f"p{pid}.jpg"
+        paths.append(path)
+        factors[path] = {"outfit_id": pid, "clothing": {"upper_colour": "red"},
+                         "identity": {"gender": ("man", "woman")[pid % 2], "age": "young", "height": 0.9, "build": 1.0,
+                                      "skin_tone": 0.1, "hair_style": "short", "hair_colour": ("black", "red")[pid // 2 % 2],
+                                      "beard": False}}
+    gender = torch.tensor([[pid % 2 == c for c in range(2)] for pid in range(40)]).double()
+    feats = torch.cat([gender * 5, torch.randn(40, 5, generator=g, dtype=torch.float64)], 1)  # gender, not hair colour
+    results = text_probes(feats[:20], paths[:20], feats[20:], paths[20:], factors)
+    assert results["text_to_gender"].accuracy == 100.0
+    assert results["text_to_hair_colour"].accuracy < 80  # chance 50: the embeddings do not carry it
+
+
 def test_the_modes_score_what_they_say_and_clothing_change_removes_the_same_outfit(export: Path, synth_root: Path) -> None:
     model, tokenizer, cfg, meta = load_exported(export)
     report = evaluate_split(model, cfg, tokenizer, meta, Accelerator(cpu=True), split="val", probes=False)
