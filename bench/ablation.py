@@ -138,8 +138,11 @@ def _table(results: dict[str, list[dict]], columns: list) -> list[str]:
     return lines
 
 
-def _probe_columns() -> list:
-    return [(label, lambda r, key=key: _get(r, "disentangle", "probes", key, "accuracy")) for label, key in PROBES]
+TEXT_PROBES = [(f"text → {f.replace('_', ' ')}", f"text_to_{f}") for f in FACTORS]
+
+
+def _probe_columns(probes: list = PROBES) -> list:
+    return [(label, lambda r, key=key: _get(r, "disentangle", "probes", key, "accuracy")) for label, key in probes]
 
 
 def _oracle_line(results: dict[str, list[dict]]) -> str:
@@ -167,6 +170,13 @@ def write_tables(results: dict[str, list[dict]], command: str, config: Path) -> 
     lines += _table(results, RETRIEVAL)
     lines += ["", f"Linear probes on the test images (fit on the train images; chance: {chance}):", ""]
     lines += _table(results, _probe_columns())
+    with_text = {v: rs for v, rs in results.items() if any("text_to_gender" in r.get("disentangle", {}).get("probes", {}) for r in rs)}
+    if with_text:
+        lines += ["", "The same identity facts probed on the identity **text** embedding of the test captions (fit on the "
+                  "train captions' identity parts): what the text side reads, so what an image side could be matched on. "
+                  "Seeds: those whose evaluation has these probes.", ""]
+        lines += _table({v: [r for r in rs if "text_to_gender" in r["disentangle"]["probes"]] for v, rs in with_text.items()},
+                        _probe_columns(TEXT_PROBES))
     lines += ["", "Variants: " + "; ".join(f"`{v}` = {VARIANTS[v][1]} (`{' '.join(VARIANTS[v][0]) or 'no overrides'}`)"
                                           for v in results), "", END]
     text = DOC.read_text() if DOC.is_file() else f"# Ablation\n\n{START}\n{END}\n"
