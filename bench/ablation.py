@@ -33,6 +33,9 @@ DOC = REPO / "docs" / "ablation.md"
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
 W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
+# The benchmark's ViT after bench/pretrain_perception.py taught it to read every drawn fact on the train split
+PERCEPTION_VIT = Path("/tmp/reid-perception-vit")
+PERCEIVING = [f"model.image_encoder.path={PERCEPTION_VIT}", "model.image_encoder.patch_size=0", "model.image_encoder.layers=0"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
     "full": ([], "the benchmark config: the seven terms"),
     "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
@@ -43,6 +46,9 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "separate_heads_id_words5": (["model.cloth_heads=separate", f"{W}.id_words=5"], "`separate_heads` + `id_words` 5"),
     "separate_heads_id_words20": (["model.cloth_heads=separate", f"{W}.id_words=20"], "`separate_heads` + `id_words` 20 (about 1/4 per identity word: the term averages over the ~80 words a batch uses)"),
     "separate_heads_wide": (["model.cloth_heads=separate", "model.image_encoder.hidden=128", "model.text_encoder.hidden=128"], "`separate_heads` with encoders twice as wide (hidden 128 for 64)"),
+    "perceiving_separate_heads": (["model.cloth_heads=separate", *PERCEIVING], "`separate_heads` from the perceiving ViT (`bench/pretrain_perception.py`)"),
+    "perceiving_no_disentangle": ([*OFF, *PERCEIVING], "`no_disentangle` from the perceiving ViT"),
+    "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
     "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),
     "no_cls_bio": ([f"{W}.cls=0", f"{W}.bio=0"], "without `cls` and `bio`"),
@@ -198,6 +204,11 @@ def main() -> int:
     config = args.config.resolve()
     if not config.is_file():
         print(f"error: --config: {args.config} does not exist", file=sys.stderr)
+        return 2
+    if not args.no_train and any(PERCEIVING[0] in VARIANTS[v][0] for v in args.variants) \
+            and not (PERCEPTION_VIT / "config.json").is_file():
+        print(f"error: --variants perceiving_*: {PERCEPTION_VIT} has no encoder; run python bench/pretrain_perception.py first",
+              file=sys.stderr)
         return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
     results: dict[str, list[dict]] = {}
