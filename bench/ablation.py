@@ -208,8 +208,10 @@ def main() -> int:
     if not args.no_train and any(PERCEIVING[0] in VARIANTS[v][0] for v in args.variants) \
             and not (PERCEPTION_VIT / "config.json").is_file():
         print(f"training the perceiving ViT into {PERCEPTION_VIT} (bench/pretrain_perception.py, ~8 min on 2 cores)", flush=True)
-        subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config),
-                        "--epochs", "30", "--out", str(PERCEPTION_VIT)], check=True)
+        if subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config),
+                           "--epochs", "30", "--out", str(PERCEPTION_VIT)]).returncode != 0:
+            print("error: bench/pretrain_perception.py failed (its output is above)", file=sys.stderr)
+            return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:  # seed-major: a stopped script leaves every variant with the same seeds
