@@ -94,14 +94,20 @@ def assert_continues_exactly(run: Path, ref: Path, first: int) -> None:
     assert sorted(resumed) == list(range(first, 23))
     for step, record in resumed.items():
         assert record["samples"] == whole[step]["samples"] == 16 * step
-        assert record["loss/total"] == pytest.approx(whole[step]["loss/total"], rel=1e-5), step
-        assert record["grad_norm"] == pytest.approx(whole[step]["grad_norm"], rel=1e-3), step
+        # 1 and 2 processes sum in another order, and training amplifies the rounding step by step
+        # (observed after resuming at 11: < 1e-5 relative up to step 16, 4e-4 by step 22 on one data
+        # draw). The first four steps, which cross the epoch boundary (step 12), must agree to
+        # rounding; later ones to what the amplification leaves. A wrong batch moves the loss by
+        # several percent (consecutive batches differ by ~5 %).
+        tight = step < first + 4
+        assert record["loss/total"] == pytest.approx(whole[step]["loss/total"], rel=5e-5 if tight else 5e-3), step
+        assert record["grad_norm"] == pytest.approx(whole[step]["grad_norm"], rel=1e-3 if tight else 2e-2), step
     a, b = final_state(ref), final_state(run)
     assert a.keys() == b.keys()
     buffers = [k for k in a if k.endswith(("running_var", "num_batches_tracked"))]
     assert buffers and all(int(a[k].max()) == 22 for k in a if k.endswith("num_batches_tracked"))
     for key in buffers:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-6, msg=key)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-2, atol=1e-6, msg=key)  # the amplified rounding again
     names = [k for k in sorted(a) if k not in buffers and not k.endswith("running_mean")]
     wa, wb = (torch.cat([state[k].float().flatten() for k in names]) for state in (a, b))
     assert (wb - wa).norm() <= 5e-3 * wa.norm()
