@@ -87,13 +87,21 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-perception-vit"))
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config, e.g. data.root=DIR")
     args = parser.parse_args()
-    cfg = load_config(args.config, [])
+    cfg = load_config(args.config, args.overrides)
     root = Path(prepare_root(cfg.data))
+    if not (root / "synth_factors.json").is_file():
+        print(f"error: {root}: no synth_factors.json; the facts to learn come from a reid-synth dataset", file=sys.stderr)
+        return 2
     factors = json.loads((root / "synth_factors.json").read_text())
     size = tuple(cfg.data.image_size)
     train_x, train_y = load_split(root, factors, "train", size)
     val_x, val_y = load_split(root, factors, "val", size)
+    if len(train_x) < args.batch_size or not len(val_x):
+        print(f"error: {root}: {len(train_x)} train and {len(val_x)} val images; needs a batch ({args.batch_size}) "
+              "of train images and some val images", file=sys.stderr)
+        return 2
     facts = IDENTITY + CLOTHING
     classes = {f: sorted({y[f] for y in train_y}) for f in facts}
     target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
