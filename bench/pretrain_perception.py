@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from reid.config import load_config  # noqa: E402
 from reid.data import prepare_root  # noqa: E402
-from reid.data.transforms import pad_crop, random_erase  # noqa: E402
+from reid.data.transforms import EvalTransform, TrainTransform, load_image  # noqa: E402
 from reid.model.encoders import build_image_encoder  # noqa: E402
 from reid.oracle import identity_values  # noqa: E402
 
@@ -52,31 +52,9 @@ def labels(entry: dict) -> dict[str, str]:
     return out
 
 
-def load_split(root: Path, factors: dict, split: str, size: tuple[int, int]) -> tuple[np.ndarray, list[dict]]:
+def load_split(root: Path, factors: dict, split: str) -> tuple[list[Image.Image], list[dict]]:
     paths = sorted(p for p, e in factors.items() if e["split"] == split)
-    images = np.stack([np.asarray(Image.open(root / "imgs" / p).convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
-                       for p in paths])  # (N, H, W, 3) uint8
-    return images, [labels(factors[p]) for p in paths]
-
-
-def to_tensor(batch: np.ndarray) -> torch.Tensor:
-    return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - MEAN) / STD
-
-
-def augment(images: np.ndarray, rng: np.random.Generator, pad: int, hflip: float, erasing: float) -> torch.Tensor:
-    out = []
-    for array in images:
-        if rng.random() < hflip:
-            array = array[:, ::-1]
-        if pad > 0:
-            array = pad_crop(array, pad, rng)
-        out.append(np.ascontiguousarray(array))
-    pixels = to_tensor(np.stack(out))
-    for row in pixels:
-        if rng.random() < erasing:
-            view = row.numpy()
-            random_erase(view, rng)
-    return pixels
+    return [load_image(root / "imgs" / p) for p in paths], [labels(factors[p]) for p in paths]
 
 
 def main() -> int:
@@ -96,8 +74,8 @@ def main() -> int:
         return 2
     factors = json.loads((root / "synth_factors.json").read_text())
     size = tuple(cfg.data.image_size)
-    train_x, train_y = load_split(root, factors, "train", size)
-    val_x, val_y = load_split(root, factors, "val", size)
+    train_x, train_y = load_split(root, factors, "train")
+    val_x, val_y = load_split(root, factors, "val")
     if len(train_x) < args.batch_size or not len(val_x):
         print(f"error: {root}: {len(train_x)} train and {len(val_x)} val images; needs a batch ({args.batch_size}) "
               "of train images and some val images", file=sys.stderr)
@@ -116,13 +94,15 @@ def main() -> int:
     total = steps_per_epoch * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / total)))
     rng = np.random.default_rng(args.seed)
-    aug = cfg.data.augment
+    aug = cfg.data.augment  # the trainer's augmentation and pixel statistics
+    augment = TrainTransform(size, [MEAN] * 3, [STD] * 3, hflip=aug.hflip, pad=aug.pad, erasing=aug.erasing)
+    plain = EvalTransform(size, [MEAN] * 3, [STD] * 3)
     start = time.time()
     for epoch in range(args.epochs):
         order = rng.permutation(len(train_x))
         for step in range(steps_per_epoch):
             rows = order[step * args.batch_size:(step + 1) * args.batch_size]
-            pixels = augment(train_x[rows], rng, aug.pad, aug.hflip, aug.erasing)
+            pixels = torch.stack([augment(train_x[i], rng) for i in rows])
             cls = encoder(pixel_values=pixels).last_hidden_state[:, 0]
             loss = sum(F.cross_entropy(heads[f](cls), target[f][rows]) for f in facts) / len(facts)
             opt.zero_grad(set_to_none=True)
@@ -133,7 +113,7 @@ def main() -> int:
 
     encoder.eval()
     with torch.no_grad():
-        feats = torch.cat([encoder(pixel_values=to_tensor(val_x[i:i + 256])).last_hidden_state[:, 0]
+        feats = torch.cat([encoder(pixel_values=torch.stack([plain(img) for img in val_x[i:i + 256]])).last_hidden_state[:, 0]
                            for i in range(0, len(val_x), 256)])
     report = {"command": "python bench/pretrain_perception.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
               "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start), "val": {}}
