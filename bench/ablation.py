@@ -48,6 +48,8 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "separate_heads_wide": (["model.cloth_heads=separate", "model.image_encoder.hidden=128", "model.text_encoder.hidden=128"], "`separate_heads` with encoders twice as wide (hidden 128 for 64)"),
     "perceiving_separate_heads": (["model.cloth_heads=separate", *PERCEIVING], "`separate_heads` from the perceiving ViT (`bench/pretrain_perception.py`)"),
     "perceiving_no_disentangle": ([*OFF, *PERCEIVING], "`no_disentangle` from the perceiving ViT"),
+    "perceiving_id_adv": (["model.cloth_heads=separate", f"{W}.id_adv=0.2", *PERCEIVING], "`perceiving_separate_heads` + the clothing adversary `id_adv` 0.2"),
+    "perceiving_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", *PERCEIVING], "`perceiving_separate_heads` with the clothing branch on the detached [CLS] feature (`model.cloth_encoder_grad: false`)"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
     "id_text_full": (["data.id_text=full"], "the identity branch trained on the whole caption"),

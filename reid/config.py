@@ -169,6 +169,12 @@ class ModelConfig:
     # (cloth_shared_mlp, cloth_image_mlp, cloth_text_mlp), so training the clothing match cannot
     # teach the identity heads to express clothing (docs/ablation.md measures both).
     cloth_heads: Literal["shared", "separate"] = "shared"
+    # Whether the clothing terms train the image encoder. true (the seed): the clothing branch reads
+    # the encoder's [CLS] feature with its gradient, so the clothing terms shape the feature the
+    # identity branch reads too. false: the branch reads it detached; the clothing terms train
+    # their own heads (and the text encoder) only, and the image encoder learns from the identity
+    # terms and `decouple` (docs/ablation.md measures both from an encoder that already sees clothes).
+    cloth_encoder_grad: bool = True
 
     def validate(self, path: str) -> None:
         _check(self.shared_dim > 0, f"{path}.shared_dim", "must be > 0")

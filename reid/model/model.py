@@ -170,6 +170,7 @@ class T2IReIDModel(nn.Module):
         self.text_pool = cfg.text_pool
         self.image_is_clip, self.text_is_clip = is_clip(image_encoder), is_clip(text_encoder)
         self.grl_on_branch = heads.grl_on_branch
+        self.cloth_encoder_grad = cfg.cloth_encoder_grad
         # The GRL strength, a Python float (forward never syncs): the trainer sets it at the start of
         # each epoch from disentangle.alpha, as it sets the learning rate; the model owns no schedule.
         self.grl_alpha = 0.0  # build_model starts it at disentangle.alpha's epoch-0 value
@@ -349,7 +350,8 @@ class T2IReIDModel(nn.Module):
         if self.cloth_projection is None:
             return out, None
         # ReLU and the GRL commute (same mask, same sign flip), so grl(relu(p)) is the seed's relu(grl(p)).
-        cloth_embeds = F.relu(self.cloth_projection(feats))  # (B, H)
+        # model.cloth_encoder_grad: false -> the clothing terms do not train the image encoder
+        cloth_embeds = F.relu(self.cloth_projection(feats if self.cloth_encoder_grad else feats.detach()))  # (B, H)
         out["cloth_embeds"] = cloth_embeds
         reversed_cloth = grad_reverse(cloth_embeds, self.grl_alpha)
         branch = reversed_cloth if self.grl_on_branch else cloth_embeds
