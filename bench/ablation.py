@@ -131,6 +131,7 @@ RETRIEVAL = [  # header, function of one report
     ("std R1, standard", lambda r: _get(r, "retrieval", STD, "standard", "R1")),
     ("std mAP, standard", lambda r: _get(r, "retrieval", STD, "standard", "mAP")),
     ("std R1, clothing-invariant", lambda r: _get(r, "retrieval", STD, "clothing_invariant", "R1")),
+    ("CC R1, perceived-fact ranker", lambda r: _get(r, "disentangle", "perceived", CC, "R1")),
     ("train min", lambda r: None if r.get("train_seconds") is None else r["train_seconds"] / 60),
 ]
 FACTORS = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour")

@@ -57,6 +57,61 @@ def load_split(root: Path, factors: dict, split: str) -> tuple[list[Image.Image]
     return [load_image(root / "imgs" / p) for p in paths], [labels(factors[p]) for p in paths]
 
 
+@torch.no_grad()
+def features(encoder: torch.nn.Module, images: list[Image.Image], plain: EvalTransform) -> torch.Tensor:
+    """(N, H) [CLS] features of the eval-transformed images."""
+    return torch.cat([encoder(pixel_values=torch.stack([plain(img) for img in images[i:i + 256]])).last_hidden_state[:, 0]
+                      for i in range(0, len(images), 256)])
+
+
+def perceived_ranker(encoder: torch.nn.Module, root: Path, factors: dict, train_x: list[Image.Image],
+                     plain: EvalTransform) -> dict:
+    """The perceived-fact ranker (reid.oracle) on this encoder's [CLS] feature, on the **test** split
+    (each caption a query, every test image the gallery; probes fit on the train images), beside
+    the attribute oracle: how far an attribute ranker gets on what the encoder perceives."""
+    from reid.disentangle_eval import outfit_ids, perceived_ranker as ranker
+    from reid.oracle import oracle_metrics
+
+    encoder.eval()
+    train_paths = sorted(p for p, e in factors.items() if e["split"] == "train")
+    paths = sorted(p for p, e in factors.items() if e["split"] == "test")
+    queries = [p for p in paths for _ in factors[p]["caption_facts"]]  # every caption of every test image
+    pids = torch.tensor([int(factors[p]["id"]) for p in paths])
+    q_pids = torch.tensor([int(factors[p]["id"]) for p in queries])
+    protocols = {"standard": (None, None), "clothing_change": (outfit_ids(factors, queries), outfit_ids(factors, paths))}
+    gallery = features(encoder, [load_image(root / "imgs" / p) for p in paths], plain)
+    out = ranker(features(encoder, train_x, plain), train_paths, gallery, paths, queries, q_pids, pids, factors, protocols)
+    oracle = {name: oracle_metrics(factors, queries, paths, q_pids, pids, query_groups=qg, gallery_groups=gg)
+              for name, (qg, gg) in protocols.items()}
+    return {name: {"R1": round(m["R1"], 1), "mAP": round(m["mAP"], 1), "oracle_R1": round(oracle[name]["R1"], 1)}
+            for name, m in out.items()}
+
+
+def print_ranker(result: dict) -> None:
+    for name, m in result.items():
+        print(f"perceived-fact ranker on the test split, {name} protocol: R1 {m['R1']:.1f}, mAP {m['mAP']:.1f} "
+              f"(attribute oracle R1 {m['oracle_R1']:.1f})")
+
+
+def ranker_only(out: Path, cfg, root: Path, factors: dict) -> int:
+    """Measure the perceived-fact ranker of the encoder saved in ``out``; add it to its perception.json."""
+    from transformers import ViTModel
+
+    if not (out / "config.json").is_file():
+        print(f"error: {out}: no saved encoder (config.json); train one first (without --ranker-only)", file=sys.stderr)
+        return 2
+    encoder = ViTModel.from_pretrained(out, add_pooling_layer=False)
+    plain = EvalTransform(tuple(cfg.data.image_size), [MEAN] * 3, [STD] * 3)
+    train_x, _ = load_split(root, factors, "train")
+    result = perceived_ranker(encoder, root, factors, train_x, plain)
+    print_ranker(result)
+    report_path = out / "perception.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["perceived_ranker"] = result
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "synthetic_cc.yaml")
@@ -65,6 +120,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-perception-vit"))
+    parser.add_argument("--ranker-only", action="store_true",
+                        help="do not train: load the encoder saved in --out and measure its perceived-fact ranker")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config, e.g. data.root=DIR")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
@@ -80,6 +137,8 @@ def main() -> int:
         print(f"error: {root}: {len(train_x)} train and {len(val_x)} val images; needs a batch ({args.batch_size}) "
               "of train images and some val images", file=sys.stderr)
         return 2
+    if args.ranker_only:
+        return ranker_only(args.out, cfg, root, factors)
     facts = IDENTITY + CLOTHING
     classes = {f: sorted({y[f] for y in train_y}) for f in facts}
     target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
@@ -112,11 +171,10 @@ def main() -> int:
         print(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
 
     encoder.eval()
-    with torch.no_grad():
-        feats = torch.cat([encoder(pixel_values=torch.stack([plain(img) for img in val_x[i:i + 256]])).last_hidden_state[:, 0]
-                           for i in range(0, len(val_x), 256)])
+    feats = features(encoder, val_x, plain)
     report = {"command": "python bench/pretrain_perception.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
-              "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start), "val": {}}
+              "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start), "val": {},
+              "perceived_ranker": perceived_ranker(encoder, root, factors, train_x, plain)}
     for f in facts:
         predicted = heads[f](feats).argmax(1).tolist()
         truth = [y[f] for y in val_y]
@@ -124,6 +182,7 @@ def main() -> int:
         _, counts = np.unique(truth, return_counts=True)
         report["val"][f] = {"accuracy": round(float(accuracy), 1), "chance": round(100.0 * counts.max() / len(truth), 1)}
         print(f"{f:13s} val accuracy {accuracy:5.1f}  chance {report['val'][f]['chance']:5.1f}")
+    print_ranker(report["perceived_ranker"])
     args.out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(args.out)
     (args.out / "perception.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -110,13 +110,13 @@ class ProbeResult:
         return asdict(self)
 
 
-def fit_predict(
+def fit_log_proba(
     train_x: Tensor, train_y: Sequence[Any], test_x: Tensor,
     *, weight_decay: float = PROBE_WEIGHT_DECAY, steps: int = PROBE_STEPS,
-) -> list[Any]:
+) -> tuple[list[Any], Tensor]:
     """Multinomial logistic regression (L-BFGS from zeros, float64, features standardised on the
-    train set) fit on ``(train_x, train_y)``; the predicted label of each row of ``test_x``.
-    Labels may be any hashables. Deterministic."""
+    train set) fit on ``(train_x, train_y)``: its classes (sorted) and the ``(N, C)`` float64
+    log-probabilities of each row of ``test_x``. Labels may be any hashables. Deterministic."""
     classes = sorted(set(train_y), key=str)
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[c] for c in train_y])
@@ -141,7 +141,13 @@ def fit_predict(
     finally:
         torch.set_num_threads(threads)
     tx = (test_x.detach().to("cpu", torch.float64) - mean) / std
-    return [classes[i] for i in (tx @ weight + bias).argmax(1).tolist()]
+    return classes, torch.log_softmax((tx @ weight + bias).detach(), dim=1)
+
+
+def fit_predict(train_x: Tensor, train_y: Sequence[Any], test_x: Tensor, **kwargs: Any) -> list[Any]:
+    """:func:`fit_log_proba`'s most probable label for each row of ``test_x``."""
+    classes, log_probs = fit_log_proba(train_x, train_y, test_x, **kwargs)
+    return [classes[i] for i in log_probs.argmax(1).tolist()]
 
 
 def _result(predicted: Sequence[Any], truth: Sequence[Any], num_train: int, num_classes: int) -> ProbeResult:
@@ -259,6 +265,24 @@ def leakage_probes(
                 feats, _labels(factors, train_paths, target), eval_feats, _labels(factors, eval_paths, target))
         results[f"{source}_to_person"] = cross_outfit_probe(eval_feats, eval_pids.cpu(), outfits)
     return results
+
+
+def perceived_ranker(
+    train: Tensor, train_paths: Sequence[str], gallery: Tensor, gallery_paths: Sequence[str],
+    query_paths: Sequence[str], query_pids: Tensor, gallery_pids: Tensor, factors: dict[str, dict],
+    protocols: dict[str, tuple[Optional[Tensor], Optional[Tensor]]],
+) -> dict[str, dict[str, float]]:
+    """``{protocol: metrics}`` of the perceived-fact ranker (:func:`reid.oracle.perceived_metrics`)
+    on features ``gallery`` (G, D): one probe per identity fact the captions name, fit on the train
+    images' features ``train`` (N, D) as the other probes are."""
+    from reid.data.synth_text import IDENTITY_FACTS
+    from reid.oracle import identity_values, perceived_metrics
+
+    values = [identity_values(factors[p]) for p in train_paths]
+    log_probs = {name: fit_log_proba(train, [v[name] for v in values], gallery.cpu()) for name in IDENTITY_FACTS}
+    return {protocol: perceived_metrics(factors, query_paths, log_probs, query_pids, gallery_pids.cpu(),
+                                        query_groups=qg, gallery_groups=gg)
+            for protocol, (qg, gg) in protocols.items()}
 
 
 # An identity factor's label distribution over a handful of people differs from the train split's,

@@ -46,6 +46,9 @@ def format_report(report: dict[str, Any]) -> str:
                 kind = "leakage" if (source, target) in LEAKAGE else "reference"
                 label = f"{_SOURCE_LABELS.get(source, source)} -> {target.replace('_', ' ')} ({kind})"
                 lines.append(f"{label:<47}{p['accuracy']:10.2f}{p['chance']:8.2f}")
+        for protocol, m in dis.get("perceived", {}).items():
+            lines.append(f"perceived-fact ranker (probes on the identity embedding), {PROTOCOLS[protocol]}: "
+                         f"R1 {m['R1']:.2f}, mAP {m['mAP']:.2f}")
         if "mean_abs_cos_id_cloth" in dis:
             lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
     sec = report["seconds"]

@@ -230,14 +230,19 @@ def evaluate_split(
         report["disentangle"]["mean_abs_cos_id_cloth"] = _mean_abs_cos(gallery)
     if probes and truth is not None:
         start = time.perf_counter()
-        report["disentangle"]["probes"] = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
-                                                 gallery, list(data.gallery["file_path"]), result.gallery_pids)
-        from reid.disentangle_eval import MIN_PEOPLE_FOR_FACTORS
+        g_paths, q_paths = list(data.gallery["file_path"]), list(data.queries["file_path"])
+        train, train_paths, probed = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
+                                             gallery, g_paths, result.gallery_pids)
+        report["disentangle"]["probes"] = probed
+        from reid.disentangle_eval import MIN_PEOPLE_FOR_FACTORS, perceived_ranker
 
         if len(set(result.gallery_pids.tolist())) >= MIN_PEOPLE_FOR_FACTORS:  # as the image-side factor probes
             report["disentangle"]["probes"].update(_text_probes(
-                model, cfg, tokenizer, accelerator, root, truth.factors, result.queries["id"],
-                list(data.queries["file_path"])))
+                model, cfg, tokenizer, accelerator, root, truth.factors, result.queries["id"], q_paths))
+            # the attribute ranker on what the identity embedding perceives (reid.oracle)
+            report["disentangle"]["perceived"] = perceived_ranker(
+                train["image_embeds"], train_paths, gallery["image_embeds"], g_paths, q_paths,
+                torch.tensor(list(data.queries["pid"])), result.gallery_pids, truth.factors, protocol_groups(truth))
         report["seconds"]["probes"] = time.perf_counter() - start
     return report
 
@@ -261,8 +266,10 @@ def _mean_abs_cos(gallery: dict[str, Tensor]) -> float:
 
 
 def _probes(model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accelerator: Any, root: Any,
-            factors: dict, gallery: dict[str, Tensor], gallery_paths: list[str], gallery_pids: Tensor) -> dict:
-    """Encode the train split's images, fit the probes (see reid.disentangle_eval)."""
+            factors: dict, gallery: dict[str, Tensor], gallery_paths: list[str],
+            gallery_pids: Tensor) -> tuple[dict[str, Tensor], list[str], dict]:
+    """Encode the train split's images, fit the probes (see reid.disentangle_eval); returns the train
+    images' outputs, their paths and the probe results."""
     from reid.disentangle_eval import leakage_probes, train_image_loader
 
     loader, train_paths = train_image_loader(
@@ -272,4 +279,4 @@ def _probes(model: torch.nn.Module, cfg: Any, tokenizer: Any, meta: dict, accele
     with _eval_mode(model):
         train, _ = encode_gallery(model, loader, accelerator, len(train_paths))
     results = leakage_probes(train, train_paths, gallery, gallery_paths, gallery_pids, factors)
-    return {name: r.to_dict() for name, r in results.items()}
+    return train, train_paths, {name: r.to_dict() for name, r in results.items()}

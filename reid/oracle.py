@@ -10,6 +10,14 @@ learned clothing-change number is read as a fraction of the oracle's.
 
 The random tie-break is a random order of the gallery, the same for every query of one draw;
 the reported figures are the mean over ``draws`` draws.
+
+The **perceived-fact ranker** (:func:`perceived_metrics`) is the same ranker with the ground truth of
+the gallery replaced by what an image representation perceives of it: per fact, a linear probe's
+probabilities. It scores a gallery image by the log-likelihood of the facts the query names,
+sum over named facts f of log p_f(query's value | image): the best a ranker can do that reads
+identity facts from those features independently. Beside a learned model's clothing-invariant R1 it
+says how much of the gap to the oracle is perception (what the features hold) and how much is
+matching (how the model uses it).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from reid.data.synth_text import IDENTITY_FACTS, identity_words
 from reid.errors import DataError
 
 DRAWS = 10  # tie-break draws averaged
+UNSEEN = -30.0  # log-probability the perceived-fact ranker gives a value its probe never saw
 
 
 def identity_values(entry: dict) -> dict[str, str]:
@@ -101,3 +110,43 @@ def oracle_metrics(
         for name, value in result.items():
             total[name] = total.get(name, 0.0) + float(value) / draws
     return total
+
+
+def perceived_embeddings(
+    factors: dict[str, dict], query_paths: Sequence[str], log_probs: dict[str, tuple[list[str], Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """(Q, D) and (G, D) float64 rows whose dot product is the perceived-fact ranker's score:
+    the sum, over the facts each query names, of the gallery image's log-probability of the query
+    person's value. ``log_probs``: fact -> (the probe's classes, (G, C) log-probabilities of each
+    gallery image). A fact without a probe is skipped; a value the probe never saw scores
+    :data:`UNSEEN`."""
+    names = [n for n in IDENTITY_FACTS if n in log_probs]
+    vocab = {(n, c): i for i, (n, c) in enumerate((n, c) for n in names for c in log_probs[n][0])}
+    unseen = {n: len(vocab) + k for k, n in enumerate(names)}  # one column per fact for unseen values
+    num_gallery = log_probs[names[0]][1].shape[0] if names else 0
+    gallery = torch.full((num_gallery, len(vocab) + len(names)), UNSEEN, dtype=torch.float64)
+    for n in names:
+        classes, lp = log_probs[n]
+        gallery[:, [vocab[n, c] for c in classes]] = lp.to(torch.float64)
+    query = torch.zeros(len(query_paths), gallery.shape[1], dtype=torch.float64)
+    for i, (path, named) in enumerate(zip(query_paths, caption_facts(factors, query_paths))):
+        values = identity_values(factors[path])
+        for n in named:
+            if n in unseen:
+                query[i, vocab.get((n, values[n]), unseen[n])] = 1.0
+    return query, gallery
+
+
+def perceived_metrics(
+    factors: dict[str, dict], query_paths: Sequence[str], log_probs: dict[str, tuple[list[str], Tensor]],
+    query_pids: Tensor, gallery_pids: Tensor, *, query_groups: Optional[Tensor] = None,
+    gallery_groups: Optional[Tensor] = None, metrics_fn: Any = None,
+) -> dict[str, float]:
+    """R1/R5/R10/mAP/mINP of the perceived-fact ranker (:func:`perceived_embeddings`) under a
+    protocol (groups as for :func:`reid.evaluation.retrieval_metrics`)."""
+    if metrics_fn is None:
+        from reid.evaluation import retrieval_metrics as metrics_fn
+    query, gallery = perceived_embeddings(factors, query_paths, log_probs)
+    result = metrics_fn(query, gallery, query_pids, gallery_pids, query_groups=query_groups,
+                        gallery_groups=gallery_groups)
+    return {name: float(value) for name, value in result.items()}

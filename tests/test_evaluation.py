@@ -289,3 +289,38 @@ def test_identity_factors_are_probed_where_there_are_enough_people() -> None:
     assert results["identity_to_hair_colour"].accuracy == 100.0  # the features encode hair colour
     assert results["identity_to_upper_colour"].accuracy < 75  # and not the clothes (chance 50)
     assert not any(name.startswith("cloth_") for name in results)  # no cloth branch features given
+
+
+def test_the_perceived_ranker_reads_what_the_features_perceive() -> None:
+    """perceived_ranker fits one probe per identity fact on train features: features that encode
+    every fact rank as well as the oracle does; features that encode none rank at chance."""
+    from reid.disentangle_eval import perceived_ranker
+    from reid.oracle import identity_values, oracle_metrics
+
+    GENDERS, COLOURS, STYLES = ("man", "woman"), ("black", "red", "blonde", "brown"), ("short", "long", "bun", "bald", "ponytail")
+    g = torch.Generator().manual_seed(0)
+    factors, paths = {}, []
+    for pid in range(80):  # 40 train people, 40 evaluated, 2 outfits x 2 views
+        # 40 distinct (gender, hair colour, hair style) descriptions: each evaluated person is unique
+        ident = {"gender": GENDERS[pid % 2], "age": "young", "height": 0.9, "build": 1.0, "skin_tone": 0.1,
+                 "hair_style": STYLES[pid // 8 % 5], "hair_colour": COLOURS[pid // 2 % 4], "beard": False}
+        for view in range(4):
+            path = f"p{pid}_{view}.jpg"
+            paths.append(path)
+            factors[path] = {"id": pid, "outfit_id": 2 * pid + view // 2, "clothing": {"upper_colour": "red"},
+                             "identity": ident, "caption_facts": [["gender", "hair_colour", "hair_style"]]}
+    facts = [identity_values(factors[p]) for p in paths]
+    code = torch.tensor([[f["gender"] == GENDERS[0]] + [f["hair_colour"] == c for c in COLOURS]
+                         + [f["hair_style"] == s for s in STYLES] for f in facts]).double()
+    noise = torch.randn(len(paths), 4, generator=g, dtype=torch.float64)
+    split = 160
+    pids = torch.tensor([factors[p]["id"] for p in paths[split:]])
+    groups = torch.tensor([factors[p]["outfit_id"] for p in paths[split:]])
+    protocols = {"standard": (None, None), "clothing_change": (groups, groups)}
+    oracle = oracle_metrics(factors, paths[split:], paths[split:], pids, pids, query_groups=groups, gallery_groups=groups)
+    seeing, blind = (perceived_ranker(x[:split], paths[:split], x[split:], paths[split:], paths[split:], pids, pids,
+                                      factors, protocols) for x in (torch.cat([code * 5, noise], 1), noise))
+    assert set(seeing) == {"standard", "clothing_change"}
+    assert oracle["R1"] == 100.0 and seeing["clothing_change"]["R1"] == 100.0
+    assert seeing["clothing_change"]["mAP"] == pytest.approx(oracle["mAP"], abs=1e-6)
+    assert blind["clothing_change"]["R1"] < 25  # chance 1 in 40 people

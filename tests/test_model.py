@@ -143,6 +143,31 @@ def test_separate_cloth_heads_keep_clothing_out_of_the_identity_heads() -> None:
     assert sum(p.grad.abs().sum() for p in shared.image_mlp.parameters()) > 0
 
 
+def test_cloth_encoder_grad_false_keeps_the_clothing_terms_out_of_the_image_encoder() -> None:
+    """model.cloth_encoder_grad: false: the clothing terms train the clothing branch and its heads but
+    send the image encoder nothing; the identity terms still train it; the outputs are unchanged."""
+    clothing_only = DisentangleConfig()
+    for name in ("info_nce", "cls", "bio", "decouple"):
+        setattr(clothing_only.loss_weights, name, 0.0)
+    batch = make_batch()
+    grads = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        model = tiny(clothing_only, ModelConfig(cloth_heads="separate", cloth_encoder_grad=flag)).train()
+        torch.manual_seed(1)
+        out = model(batch)
+        Criterion(clothing_only)(out, batch)[0].backward()
+        grads[flag] = sum(p.grad.abs().sum() for p in model.image_encoder.parameters() if p.grad is not None)
+        assert sum(p.grad.abs().sum() for p in model.cloth_projection.parameters()) > 0
+        grads[flag, "out"] = out["cloth_image_embeds"].detach()
+    assert grads[True] > 0 and grads[False] == 0
+    torch.testing.assert_close(grads[True, "out"], grads[False, "out"])
+    identity = DisentangleConfig()  # all terms: the identity ones reach the encoder either way
+    model = tiny(identity, ModelConfig(cloth_heads="separate", cloth_encoder_grad=False)).train()
+    Criterion(identity)(model(batch), batch)[0].backward()
+    assert sum(p.grad.abs().sum() for p in model.image_encoder.parameters() if p.grad is not None) > 0
+
+
 class HostSyncSpy(TorchDispatchMode):
     """Records ops that make a GPU wait for the host: .item()/bool()/int() on a tensor
     (`_local_scalar_dense`) and ops whose output size depends on tensor values."""
