@@ -30,6 +30,14 @@ def test_the_saved_encoder_loads_and_every_fact_is_reported(synth_root: Path, tm
     assert all(0 <= v["accuracy"] <= 100 and 0 < v["chance"] <= 100 for v in report["val"].values())
     encoder = build_image_encoder(EncoderConfig(path=str(out)), (128, 64))  # strict loading: every tensor fits
     assert encoder.config.hidden_size == 64 and encoder.config.num_hidden_layers == 4  # synthetic_cc.yaml's ViT
+    ranker = report["perceived_ranker"]  # the attribute ranker on the encoder's perception, test split
+    assert set(ranker) == {"standard", "clothing_change"}
+    assert all(0 <= m["R1"] <= 100 and 0 < m["oracle_R1"] <= 100 for m in ranker.values())
+    again = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--ranker-only", "--out",
+                            str(out), f"data.root={synth_root}", f"data.cache_dir={tmp_path / 'cache'}"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "perception.json").read_text())["perceived_ranker"] == ranker  # the saved encoder's
 
 
 def test_a_dataset_without_ground_truth_is_one_line(tmp_path: Path) -> None:
