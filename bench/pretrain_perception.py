@@ -93,7 +93,7 @@ def print_ranker(result: dict) -> None:
               f"(attribute oracle R1 {m['oracle_R1']:.1f})")
 
 
-def ranker_only(out: Path, cfg, root: Path, factors: dict) -> int:
+def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.Image]) -> int:
     """Measure the perceived-fact ranker of the encoder saved in ``out``; add it to its perception.json."""
     from transformers import ViTModel
 
@@ -102,7 +102,6 @@ def ranker_only(out: Path, cfg, root: Path, factors: dict) -> int:
         return 2
     encoder = ViTModel.from_pretrained(out, add_pooling_layer=False)
     plain = EvalTransform(tuple(cfg.data.image_size), [MEAN] * 3, [STD] * 3)
-    train_x, _ = load_split(root, factors, "train")
     result = perceived_ranker(encoder, root, factors, train_x, plain)
     print_ranker(result)
     report_path = out / "perception.json"
@@ -138,7 +137,7 @@ def main() -> int:
               "of train images and some val images", file=sys.stderr)
         return 2
     if args.ranker_only:
-        return ranker_only(args.out, cfg, root, factors)
+        return ranker_only(args.out, cfg, root, factors, train_x)
     facts = IDENTITY + CLOTHING
     classes = {f: sorted({y[f] for y in train_y}) for f in facts}
     target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
