@@ -75,6 +75,8 @@ def perceived_ranker(encoder: torch.nn.Module, root: Path, factors: dict, train_
     encoder.eval()
     train_paths = sorted(p for p, e in factors.items() if e["split"] == "train")
     paths = sorted(p for p, e in factors.items() if e["split"] == "test")
+    if not paths:
+        return {}  # a dataset without a test split: nothing to rank
     queries = [p for p in paths for _ in factors[p]["caption_facts"]]  # every caption of every test image
     pids = torch.tensor([int(factors[p]["id"]) for p in paths])
     q_pids = torch.tensor([int(factors[p]["id"]) for p in queries])
@@ -99,6 +101,10 @@ def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.I
 
     if not (out / "config.json").is_file():
         print(f"error: {out}: no saved encoder (config.json); train one first (without --ranker-only)", file=sys.stderr)
+        return 2
+    if not train_x or not any(e["split"] == "test" for e in factors.values()):
+        print(f"error: {root}: the ranker needs train images (to fit its probes) and test images, found "
+              f"{len(train_x)} train", file=sys.stderr)
         return 2
     encoder = ViTModel.from_pretrained(out, add_pooling_layer=False)
     plain = EvalTransform(tuple(cfg.data.image_size), [MEAN] * 3, [STD] * 3)
@@ -131,13 +137,13 @@ def main() -> int:
     factors = json.loads((root / "synth_factors.json").read_text())
     size = tuple(cfg.data.image_size)
     train_x, train_y = load_split(root, factors, "train")
+    if args.ranker_only:
+        return ranker_only(args.out, cfg, root, factors, train_x)
     val_x, val_y = load_split(root, factors, "val")
     if len(train_x) < args.batch_size or not len(val_x):
         print(f"error: {root}: {len(train_x)} train and {len(val_x)} val images; needs a batch ({args.batch_size}) "
               "of train images and some val images", file=sys.stderr)
         return 2
-    if args.ranker_only:
-        return ranker_only(args.out, cfg, root, factors, train_x)
     facts = IDENTITY + CLOTHING
     classes = {f: sorted({y[f] for y in train_y}) for f in facts}
     target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
