@@ -14,8 +14,8 @@ the reported figures are the mean over ``draws`` draws.
 The **perceived-fact ranker** (:func:`perceived_metrics`) is the same ranker with the ground truth of
 the gallery replaced by what an image representation perceives of it: per fact, a linear probe's
 probabilities. It scores a gallery image by the log-likelihood of the facts the query names,
-sum over named facts f of log p_f(query's value | image): the best a ranker can do that reads
-identity facts from those features independently. Beside a learned model's clothing-invariant R1 it
+sum over named facts f of log p_f(query's value | image): what a ranker gets that reads each
+identity fact from those features with a linear probe, independently of the others. Beside a learned model's clothing-invariant R1 it
 says how much of the gap to the oracle is perception (what the features hold) and how much is
 matching (how the model uses it).
 """
