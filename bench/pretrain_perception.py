@@ -35,7 +35,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reid.config import load_config  # noqa: E402
+from reid.config import EncoderConfig, load_config  # noqa: E402
 from reid.data import prepare_root  # noqa: E402
 from reid.data.transforms import EvalTransform, TrainTransform, load_image  # noqa: E402
 from reid.model.encoders import build_image_encoder  # noqa: E402
@@ -97,8 +97,6 @@ def print_ranker(result: dict) -> None:
 
 def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.Image]) -> int:
     """Measure the perceived-fact ranker of the encoder saved in ``out``; add it to its perception.json."""
-    from transformers import ViTModel
-
     if not (out / "config.json").is_file():
         print(f"error: {out}: no saved encoder (config.json); train one first (without --ranker-only)", file=sys.stderr)
         return 2
@@ -106,8 +104,9 @@ def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.I
         print(f"error: {root}: the ranker needs train images (to fit its probes) and test images, found "
               f"{len(train_x)} train", file=sys.stderr)
         return 2
-    encoder = ViTModel.from_pretrained(out, add_pooling_layer=False)
-    plain = EvalTransform(tuple(cfg.data.image_size), [MEAN] * 3, [STD] * 3)
+    size = tuple(cfg.data.image_size)
+    encoder = build_image_encoder(EncoderConfig(path=str(out)), size)  # the trainer's strict loading
+    plain = EvalTransform(size, [MEAN] * 3, [STD] * 3)
     result = perceived_ranker(encoder, root, factors, train_x, plain)
     print_ranker(result)
     report_path = out / "perception.json"
