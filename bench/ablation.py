@@ -33,9 +33,18 @@ DOC = REPO / "docs" / "ablation.md"
 START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
 W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
-# The benchmark's ViT after bench/pretrain_perception.py taught it to read every drawn fact on the train split
+# The benchmark's ViT after bench/pretrain_perception.py taught it to read every drawn fact on the train
+# split, for 30 epochs (the first perceiving encoder) or 100 (it perceives more: docs/ablation.md)
 PERCEPTION_VIT = Path("/tmp/reid-perception-vit")
-PERCEIVING = [f"model.image_encoder.path={PERCEPTION_VIT}", "model.image_encoder.patch_size=0", "model.image_encoder.layers=0"]
+PERCEPTION_VIT_LONG = Path("/tmp/reid-perception-vit-e100")
+PERCEPTION_EPOCHS = {PERCEPTION_VIT: 30, PERCEPTION_VIT_LONG: 100}
+
+
+def _perceiving(vit: Path) -> list[str]:
+    return [f"model.image_encoder.path={vit}", "model.image_encoder.patch_size=0", "model.image_encoder.layers=0"]
+
+
+PERCEIVING, PERCEIVING_LONG = _perceiving(PERCEPTION_VIT), _perceiving(PERCEPTION_VIT_LONG)
 VARIANTS = {  # name -> (overrides of the config, what it tests)
     "full": ([], "the benchmark config: the seven terms"),
     "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
@@ -52,6 +61,8 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", *PERCEIVING], "`perceiving_separate_heads` with the clothing branch on the detached [CLS] feature (`model.cloth_encoder_grad: false`)"),
     "perceiving_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING], "`perceiving_cloth_detached` + `id_adv` 0.2"),
     "perceiving_cloth_detached_no_decouple": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.decouple=0", *PERCEIVING], "`perceiving_cloth_detached` without `decouple`"),
+    "perceiving100_no_disentangle": ([*OFF, *PERCEIVING_LONG], "`no_disentangle` from the ViT perceiving after 100 epochs"),
+    "perceiving100_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", *PERCEIVING_LONG], "`perceiving_cloth_detached` from the ViT perceiving after 100 epochs"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
@@ -211,11 +222,14 @@ def main() -> int:
     if not config.is_file():
         print(f"error: --config: {args.config} does not exist", file=sys.stderr)
         return 2
-    if not args.no_train and any(PERCEIVING[0] in VARIANTS[v][0] for v in args.variants) \
-            and not (PERCEPTION_VIT / "config.json").is_file():
-        print(f"training the perceiving ViT into {PERCEPTION_VIT} (bench/pretrain_perception.py, ~8 min on 2 cores)", flush=True)
+    for vit, epochs in PERCEPTION_EPOCHS.items():
+        if args.no_train or (vit / "config.json").is_file() or \
+                not any(_perceiving(vit)[0] in VARIANTS[v][0] for v in args.variants):
+            continue
+        print(f"training the perceiving ViT into {vit} (bench/pretrain_perception.py --epochs {epochs}, "
+              f"~{epochs // 6} min on 2 cores)", flush=True)
         if subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config),
-                           "--epochs", "30", "--out", str(PERCEPTION_VIT)]).returncode != 0:
+                           "--epochs", str(epochs), "--out", str(vit)]).returncode != 0:
             print("error: bench/pretrain_perception.py failed (its output is above)", file=sys.stderr)
             return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
