@@ -69,7 +69,7 @@ def perceived_ranker(encoder: torch.nn.Module, root: Path, factors: dict, train_
     """The perceived-fact ranker (reid.oracle) on this encoder's [CLS] feature, on the **test** split
     (each caption a query, every test image the gallery; probes fit on the train images), beside
     the attribute oracle: how far an attribute ranker gets on what the encoder perceives."""
-    from reid.disentangle_eval import outfit_ids, perceived_ranker as ranker
+    from reid.disentangle_eval import outfit_ids, perceived_log_probs, perceived_ranker as ranker
     from reid.oracle import oracle_metrics
 
     encoder.eval()
@@ -82,7 +82,8 @@ def perceived_ranker(encoder: torch.nn.Module, root: Path, factors: dict, train_
     q_pids = torch.tensor([int(factors[p]["id"]) for p in queries])
     protocols = {"standard": (None, None), "clothing_change": (outfit_ids(factors, queries), outfit_ids(factors, paths))}
     gallery = features(encoder, [load_image(root / "imgs" / p) for p in paths], plain)
-    out = ranker(features(encoder, train_x, plain), train_paths, gallery, paths, queries, q_pids, pids, factors, protocols)
+    log_probs = perceived_log_probs(features(encoder, train_x, plain), train_paths, gallery, factors)
+    out = ranker(log_probs, paths, queries, q_pids, pids, factors, protocols)
     oracle = {name: oracle_metrics(factors, queries, paths, q_pids, pids, query_groups=qg, gallery_groups=gg)
               for name, (qg, gg) in protocols.items()}
     return {name: {"R1": round(m["R1"], 1), "mAP": round(m["mAP"], 1), "oracle_R1": round(oracle[name]["R1"], 1)}

@@ -267,22 +267,46 @@ def leakage_probes(
     return results
 
 
+def perceived_log_probs(train: Tensor, train_paths: Sequence[str], gallery: Tensor,
+                        factors: dict[str, dict]) -> dict[str, tuple[list[str], Tensor]]:
+    """What features ``gallery`` (G, D) perceive of each identity fact the captions name: fact ->
+    (classes, (G, C) log-probabilities) of a linear probe fit on the train images' features
+    ``train`` (N, D), as the other probes are."""
+    from reid.data.synth_text import IDENTITY_FACTS
+    from reid.oracle import identity_values
+
+    values = [identity_values(factors[p]) for p in train_paths]
+    return {name: fit_log_proba(train, [v[name] for v in values], gallery.cpu()) for name in IDENTITY_FACTS}
+
+
 def perceived_ranker(
-    train: Tensor, train_paths: Sequence[str], gallery: Tensor, gallery_paths: Sequence[str],
-    query_paths: Sequence[str], query_pids: Tensor, gallery_pids: Tensor, factors: dict[str, dict],
+    log_probs: dict[str, tuple[list[str], Tensor]], gallery_paths: Sequence[str], query_paths: Sequence[str],
+    query_pids: Tensor, gallery_pids: Tensor, factors: dict[str, dict],
     protocols: dict[str, tuple[Optional[Tensor], Optional[Tensor]]],
 ) -> dict[str, dict[str, float]]:
     """``{protocol: metrics}`` of the perceived-fact ranker (:func:`reid.oracle.perceived_metrics`)
-    on features ``gallery`` (G, D): one probe per identity fact the captions name, fit on the train
-    images' features ``train`` (N, D) as the other probes are."""
-    from reid.data.synth_text import IDENTITY_FACTS
-    from reid.oracle import identity_values, perceived_metrics
+    on the gallery's :func:`perceived_log_probs`."""
+    from reid.oracle import perceived_metrics
 
-    values = [identity_values(factors[p]) for p in train_paths]
-    log_probs = {name: fit_log_proba(train, [v[name] for v in values], gallery.cpu()) for name in IDENTITY_FACTS}
     return {protocol: perceived_metrics(factors, query_paths, log_probs, query_pids, gallery_pids.cpu(),
                                         query_groups=qg, gallery_groups=gg)
             for protocol, (qg, gg) in protocols.items()}
+
+
+def one_fact_known(
+    log_probs: dict[str, tuple[list[str], Tensor]], gallery_paths: Sequence[str], query_paths: Sequence[str],
+    query_pids: Tensor, gallery_pids: Tensor, factors: dict[str, dict],
+    groups: tuple[Optional[Tensor], Optional[Tensor]],
+) -> dict[str, dict[str, float]]:
+    """``{fact: metrics}``: the perceived-fact ranker under one protocol (``groups``: query and
+    gallery groups) with that one fact's probe replaced by the ground truth
+    (:func:`reid.oracle.known_log_probs`): what perceiving that fact perfectly would be worth, the
+    others as perceived. The fact whose R1 rises most is the one whose perception costs most."""
+    from reid.oracle import known_log_probs, perceived_metrics
+
+    return {name: perceived_metrics(factors, query_paths, {**log_probs, name: known_log_probs(factors, gallery_paths, name)},
+                                    query_pids, gallery_pids.cpu(), query_groups=groups[0], gallery_groups=groups[1])
+            for name in log_probs}
 
 
 # An identity factor's label distribution over a handful of people differs from the train split's,

@@ -49,6 +49,11 @@ def format_report(report: dict[str, Any]) -> str:
         for protocol, m in dis.get("perceived", {}).items():
             lines.append(f"perceived-fact ranker (probes on the identity embedding), {PROTOCOLS[protocol]}: "
                          f"R1 {m['R1']:.2f}, mAP {m['mAP']:.2f}")
+        known = dis.get("perceived_one_known")
+        if known:
+            facts = ", ".join(f"{name.replace('_', ' ')} {m['R1']:.2f}" for name, m in known["facts"].items())
+            lines.append(f"the same ranker with one fact's ground truth in place of its probe, "
+                         f"{PROTOCOLS[known['protocol']]} R1: {facts}")
         if "mean_abs_cos_id_cloth" in dis:
             lines.append(f"mean |cos(id_embeds, cloth_embeds)|: {dis['mean_abs_cos_id_cloth']:.4f}")
     sec = report["seconds"]

@@ -234,15 +234,19 @@ def evaluate_split(
         train, train_paths, probed = _probes(model, cfg, tokenizer, meta, accelerator, root, truth.factors,
                                              gallery, g_paths, result.gallery_pids)
         report["disentangle"]["probes"] = probed
-        from reid.disentangle_eval import MIN_PEOPLE_FOR_FACTORS, perceived_ranker
+        from reid.disentangle_eval import MIN_PEOPLE_FOR_FACTORS, one_fact_known, perceived_log_probs, perceived_ranker
 
         if len(set(result.gallery_pids.tolist())) >= MIN_PEOPLE_FOR_FACTORS:  # as the image-side factor probes
             report["disentangle"]["probes"].update(_text_probes(
                 model, cfg, tokenizer, accelerator, root, truth.factors, result.queries["id"], q_paths))
             # the attribute ranker on what the identity embedding perceives (reid.oracle)
+            log_probs = perceived_log_probs(train["image_embeds"], train_paths, gallery["image_embeds"], truth.factors)
+            q_pids, groups = torch.tensor(list(data.queries["pid"])), protocol_groups(truth)
             report["disentangle"]["perceived"] = perceived_ranker(
-                train["image_embeds"], train_paths, gallery["image_embeds"], g_paths, q_paths,
-                torch.tensor(list(data.queries["pid"])), result.gallery_pids, truth.factors, protocol_groups(truth))
+                log_probs, g_paths, q_paths, q_pids, result.gallery_pids, truth.factors, groups)
+            protocol = "clothing_change" if "clothing_change" in groups else "standard"
+            report["disentangle"]["perceived_one_known"] = {"protocol": protocol, "facts": one_fact_known(
+                log_probs, g_paths, q_paths, q_pids, result.gallery_pids, truth.factors, groups[protocol])}
         report["seconds"]["probes"] = time.perf_counter() - start
     return report
 

@@ -17,7 +17,8 @@ probabilities. It scores a gallery image by the log-likelihood of the facts the 
 sum over named facts f of log p_f(query's value | image): what a ranker gets that reads each
 identity fact from those features with a linear probe, independently of the others. Beside a learned model's clothing-invariant R1 it
 says how much of the gap to the oracle is perception (what the features hold) and how much is
-matching (how the model uses it).
+matching (how the model uses it). :func:`known_log_probs` stands in a perfect probe for one fact:
+with it, the ranker says what perceiving that one fact perfectly would be worth.
 """
 
 from __future__ import annotations
@@ -135,6 +136,17 @@ def perceived_embeddings(
             if n in unseen:
                 query[i, vocab.get((n, values[n]), unseen[n])] = 1.0
     return query, gallery
+
+
+def known_log_probs(factors: dict[str, dict], gallery_paths: Sequence[str], name: str) -> tuple[list[str], Tensor]:
+    """A perfect probe of fact ``name`` on the gallery, in :func:`perceived_embeddings`' form: the
+    fact's values (those of the gallery's people) and (G, C) log-probabilities, 0 for the image's
+    own value and :data:`UNSEEN` for the others."""
+    values = [identity_values(factors[p])[name] for p in gallery_paths]
+    classes = sorted(set(values))
+    log_probs = torch.full((len(values), len(classes)), UNSEEN, dtype=torch.float64)
+    log_probs[torch.arange(len(values)), torch.tensor([classes.index(v) for v in values])] = 0.0
+    return classes, log_probs
 
 
 def perceived_metrics(

@@ -294,7 +294,7 @@ def test_identity_factors_are_probed_where_there_are_enough_people() -> None:
 def test_the_perceived_ranker_reads_what_the_features_perceive() -> None:
     """perceived_ranker fits one probe per identity fact on train features: features that encode
     every fact rank as well as the oracle does; features that encode none rank at chance."""
-    from reid.disentangle_eval import perceived_ranker
+    from reid.disentangle_eval import perceived_log_probs, perceived_ranker
     from reid.oracle import identity_values, oracle_metrics
 
     GENDERS, COLOURS, STYLES = ("man", "woman"), ("black", "red", "blonde", "brown"), ("short", "long", "bun", "bald", "ponytail")
@@ -318,9 +318,44 @@ def test_the_perceived_ranker_reads_what_the_features_perceive() -> None:
     groups = torch.tensor([factors[p]["outfit_id"] for p in paths[split:]])
     protocols = {"standard": (None, None), "clothing_change": (groups, groups)}
     oracle = oracle_metrics(factors, paths[split:], paths[split:], pids, pids, query_groups=groups, gallery_groups=groups)
-    seeing, blind = (perceived_ranker(x[:split], paths[:split], x[split:], paths[split:], paths[split:], pids, pids,
-                                      factors, protocols) for x in (torch.cat([code * 5, noise], 1), noise))
+    seeing, blind = (perceived_ranker(perceived_log_probs(x[:split], paths[:split], x[split:], factors), paths[split:],
+                                      paths[split:], pids, pids, factors, protocols)
+                     for x in (torch.cat([code * 5, noise], 1), noise))
     assert set(seeing) == {"standard", "clothing_change"}
     assert oracle["R1"] == 100.0 and seeing["clothing_change"]["R1"] == 100.0
     assert seeing["clothing_change"]["mAP"] == pytest.approx(oracle["mAP"], abs=1e-6)
     assert blind["clothing_change"]["R1"] < 25  # chance 1 in 40 people
+
+
+def test_one_fact_known_says_which_facts_perception_costs_the_ranker() -> None:
+    """one_fact_known: features that perceive gender and hair colour but not hair style leave the
+    ranker guessing among the 5 people who share those two; the ground truth of hair style in place
+    of its probe makes it exact, that of gender changes nothing (it is perceived already)."""
+    from reid.disentangle_eval import one_fact_known, perceived_log_probs, perceived_ranker
+    from reid.oracle import identity_values
+
+    GENDERS, COLOURS, STYLES = ("man", "woman"), ("black", "red", "blonde", "brown"), ("short", "long", "bun", "bald", "ponytail")
+    g = torch.Generator().manual_seed(1)
+    factors, paths = {}, []
+    for pid in range(80):  # 40 train people, 40 evaluated (unique descriptions), 2 outfits x 2 views
+        ident = {"gender": GENDERS[pid % 2], "age": "young", "height": 0.9, "build": 1.0, "skin_tone": 0.1,
+                 "hair_style": STYLES[pid // 8 % 5], "hair_colour": COLOURS[pid // 2 % 4], "beard": False}
+        for view in range(4):
+            path = f"p{pid}_{view}.jpg"
+            paths.append(path)
+            factors[path] = {"id": pid, "outfit_id": 2 * pid + view // 2, "clothing": {"upper_colour": "red"},
+                             "identity": ident, "caption_facts": [["gender", "hair_colour", "hair_style"]]}
+    facts = [identity_values(factors[p]) for p in paths]
+    code = torch.tensor([[f["gender"] == GENDERS[0]] + [f["hair_colour"] == c for c in COLOURS] for f in facts]).double()
+    x = torch.cat([code * 5, torch.randn(len(paths), 4, generator=g, dtype=torch.float64)], 1)  # no hair style
+    split = 160
+    pids = torch.tensor([factors[p]["id"] for p in paths[split:]])
+    groups = torch.tensor([factors[p]["outfit_id"] for p in paths[split:]])
+    log_probs = perceived_log_probs(x[:split], paths[:split], x[split:], factors)
+    perceived = perceived_ranker(log_probs, paths[split:], paths[split:], pids, pids, factors,
+                                 {"clothing_change": (groups, groups)})["clothing_change"]["R1"]
+    known = one_fact_known(log_probs, paths[split:], paths[split:], pids, pids, factors, (groups, groups))
+    assert set(known) == {"gender", "age", "height", "build", "skin", "hair_style", "hair_colour", "beard"}
+    assert perceived < 60  # 1 in 5 by chance among the people who share gender and hair colour
+    assert known["hair_style"]["R1"] == 100.0
+    assert known["gender"]["R1"] == pytest.approx(perceived, abs=2.5)  # one query in 40

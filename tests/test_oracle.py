@@ -122,3 +122,14 @@ def test_the_perceived_ranker_scores_the_log_likelihood_of_the_named_facts(synth
     oracle = oracle_metrics(factors, queries, gallery, torch.tensor(q_pids), torch.tensor(g_pids), draws=10)
     assert abs(ours["R1"] - oracle["R1"]) < 10  # the same ranking up to how ties fall
     assert ours["mAP"] == pytest.approx(oracle["mAP"], abs=5)
+
+
+def test_a_known_fact_is_a_certain_probe_of_the_gallerys_own_values() -> None:
+    from reid.oracle import UNSEEN, known_log_probs
+
+    factors = {f"{i}.jpg": {"identity": {"gender": g, "age": "young", "height": 0.9, "build": 1.0, "skin_tone": 0.1,
+                                         "hair_style": "short", "hair_colour": "black", "beard": False}}
+               for i, g in enumerate(("woman", "man", "woman"))}
+    classes, log_probs = known_log_probs(factors, ["0.jpg", "1.jpg", "2.jpg"], "gender")
+    assert classes == ["man", "woman"]
+    assert log_probs.tolist() == [[UNSEEN, 0.0], [0.0, UNSEEN], [UNSEEN, 0.0]]
