@@ -12,7 +12,10 @@ from the **train** split's images (ground truth from ``synth_factors.json``; val
 never seen), with the training augmentation, and saves it as a local ViT directory
 (``config.json`` + ``model.safetensors``) that ``model.image_encoder.path=`` loads. It prints, and
 writes to ``perception.json``, the accuracy of each fact on the **val** split's images beside its
-chance rate: how well this encoder can perceive each fact at all when asked directly.
+chance rate: how well this encoder can perceive each fact at all when asked directly. More epochs
+perceive more (``--epochs 100``: gender 84.6 and hair style 57.5 against 77.6 and 49.8 after 30;
+docs/ablation.md); ``bench/fact_visibility.py`` asks a small CNN the same, to tell what the pixels
+show from what this ViT learns.
 
 The encoder learns clothing as well as identity, as a pretrained one does: which of the two the
 identity embedding then keeps is left to the model's objectives.

@@ -17,6 +17,7 @@ from reid.config import load_config
 from reid.data import build_eval_data, keys
 from reid.disentangle_eval import cross_outfit_probe, linear_probe, load_factors, mean_abs_cos, outfit_folds
 from reid.encoding import encode_gallery, encode_queries
+from reid.data.synth_text import IDENTITY_FACTS
 from reid.eval_report import format_report
 from reid.evaluation import METRICS, evaluate, evaluate_split, retrieval_metrics, split_truth
 from reid.export import load_exported
@@ -180,7 +181,13 @@ def test_identity_text_probes_fit_on_train_captions_and_score_the_queries(export
     assert {f"text_to_{t}" for t in D.IDENTITY_PROBES} <= set(probes)
     train_rows = len(D.train_query_loader(cfg.data, tokenizer, Path(cfg.data.root), batch_size=4)[1])
     assert probes["text_to_gender"]["num_train"] == train_rows and probes["text_to_gender"]["num_test"] == report["num_queries"]
-    assert "identity text embedding -> hair colour (reference)" in format_report(report)
+    text = format_report(report)
+    assert "identity text embedding -> hair colour (reference)" in text
+    known = report["disentangle"]["perceived_one_known"]  # computed with the identity-fact probes
+    assert known["protocol"] == "clothing_change" and set(known["facts"]) == set(IDENTITY_FACTS)
+    assert all(0 <= m["R1"] <= 100 for m in known["facts"].values())
+    assert (f"the same ranker with one fact's ground truth in place of its probe, clothing-change R1: "
+            f"gender {known['facts']['gender']['R1']:.2f}, age") in text
 
 
 def test_text_probes_read_what_the_text_embeddings_encode() -> None:
