@@ -63,6 +63,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving_cloth_detached_no_decouple": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.decouple=0", *PERCEIVING], "`perceiving_cloth_detached` without `decouple`"),
     "perceiving100_no_disentangle": ([*OFF, *PERCEIVING_LONG], "`no_disentangle` from the ViT perceiving after 100 epochs"),
     "perceiving100_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", *PERCEIVING_LONG], "`perceiving_cloth_detached` from the ViT perceiving after 100 epochs"),
+    "perceiving100_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING_LONG], "`perceiving100_cloth_detached` + `id_adv` 0.2"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
