@@ -31,7 +31,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.pretrain_perception import CLOTHING, IDENTITY, MEAN, STD, load_split  # noqa: E402
+from bench.pretrain_perception import CLOTHING, IDENTITY, MEAN, STD, load_split, val_table  # noqa: E402
 from reid.config import load_config  # noqa: E402
 from reid.data import prepare_root  # noqa: E402
 from reid.data.transforms import EvalTransform, TrainTransform  # noqa: E402
@@ -112,13 +112,7 @@ def main() -> int:
                 predicted[f] += out[f].argmax(1).tolist()
     report = {"command": "python bench/fact_visibility.py " + " ".join(sys.argv[1:]), "root": str(root),
               "epochs": args.epochs, "train_images": len(train_x), "val_images": len(val_x),
-              "seconds": round(time.time() - start), "val": {}}
-    for f in facts:
-        truth = [y[f] for y in val_y]
-        accuracy = 100.0 * np.mean([classes[f][p] == t for p, t in zip(predicted[f], truth)])
-        chance = 100.0 * max(truth.count(v) for v in set(truth)) / len(truth)
-        report["val"][f] = {"accuracy": round(float(accuracy), 1), "chance": round(chance, 1)}
-        print(f"{f:13s} val accuracy {accuracy:5.1f}  chance {chance:5.1f}")
+              "seconds": round(time.time() - start), "val": val_table(predicted, classes, val_y)}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")

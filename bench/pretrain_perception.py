@@ -60,6 +60,19 @@ def load_split(root: Path, factors: dict, split: str) -> tuple[list[Image.Image]
     return [load_image(root / "imgs" / p) for p in paths], [labels(factors[p]) for p in paths]
 
 
+def val_table(predicted: dict[str, list[int]], classes: dict[str, list[str]], val_y: list[dict]) -> dict:
+    """``{fact: {accuracy, chance}}`` (percent, chance = the majority value's share) of class indices
+    ``predicted`` per fact on the val images, each printed as one line."""
+    table = {}
+    for f, rows in predicted.items():
+        truth = [y[f] for y in val_y]
+        accuracy = 100.0 * np.mean([classes[f][p] == t for p, t in zip(rows, truth)])
+        chance = 100.0 * max(truth.count(v) for v in set(truth)) / len(truth)
+        table[f] = {"accuracy": round(float(accuracy), 1), "chance": round(chance, 1)}
+        print(f"{f:13s} val accuracy {accuracy:5.1f}  chance {chance:5.1f}")
+    return table
+
+
 @torch.no_grad()
 def features(encoder: torch.nn.Module, images: list[Image.Image], plain: EvalTransform) -> torch.Tensor:
     """(N, H) [CLS] features of the eval-transformed images."""
@@ -181,15 +194,9 @@ def main() -> int:
     encoder.eval()
     feats = features(encoder, val_x, plain)
     report = {"command": "python bench/pretrain_perception.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
-              "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start), "val": {},
+              "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start),
+              "val": val_table({f: heads[f](feats).argmax(1).tolist() for f in facts}, classes, val_y),
               "perceived_ranker": perceived_ranker(encoder, root, factors, train_x, plain)}
-    for f in facts:
-        predicted = heads[f](feats).argmax(1).tolist()
-        truth = [y[f] for y in val_y]
-        accuracy = 100.0 * np.mean([classes[f][p] == t for p, t in zip(predicted, truth)])
-        _, counts = np.unique(truth, return_counts=True)
-        report["val"][f] = {"accuracy": round(float(accuracy), 1), "chance": round(100.0 * counts.max() / len(truth), 1)}
-        print(f"{f:13s} val accuracy {accuracy:5.1f}  chance {report['val'][f]['chance']:5.1f}")
     print_ranker(report["perceived_ranker"])
     args.out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(args.out)

@@ -298,17 +298,14 @@ def test_identity_factors_are_probed_where_there_are_enough_people() -> None:
     assert not any(name.startswith("cloth_") for name in results)  # no cloth branch features given
 
 
-def test_the_perceived_ranker_reads_what_the_features_perceive() -> None:
-    """perceived_ranker fits one probe per identity fact on train features: features that encode
-    every fact rank as well as the oracle does; features that encode none rank at chance."""
-    from reid.disentangle_eval import perceived_log_probs, perceived_ranker
-    from reid.oracle import identity_values, oracle_metrics
+GENDERS, COLOURS, STYLES = ("man", "woman"), ("black", "red", "blonde", "brown"), ("short", "long", "bun", "bald", "ponytail")
 
-    GENDERS, COLOURS, STYLES = ("man", "woman"), ("black", "red", "blonde", "brown"), ("short", "long", "bun", "bald", "ponytail")
-    g = torch.Generator().manual_seed(0)
+
+def _described_people() -> tuple[dict[str, dict], list[str]]:
+    """80 people (40 train, 40 evaluated), 2 outfits x 2 views, each caption naming gender, hair
+    colour and hair style: 40 distinct descriptions, so each evaluated person is unique."""
     factors, paths = {}, []
-    for pid in range(80):  # 40 train people, 40 evaluated, 2 outfits x 2 views
-        # 40 distinct (gender, hair colour, hair style) descriptions: each evaluated person is unique
+    for pid in range(80):
         ident = {"gender": GENDERS[pid % 2], "age": "young", "height": 0.9, "build": 1.0, "skin_tone": 0.1,
                  "hair_style": STYLES[pid // 8 % 5], "hair_colour": COLOURS[pid // 2 % 4], "beard": False}
         for view in range(4):
@@ -316,6 +313,17 @@ def test_the_perceived_ranker_reads_what_the_features_perceive() -> None:
             paths.append(path)
             factors[path] = {"id": pid, "outfit_id": 2 * pid + view // 2, "clothing": {"upper_colour": "red"},
                              "identity": ident, "caption_facts": [["gender", "hair_colour", "hair_style"]]}
+    return factors, paths
+
+
+def test_the_perceived_ranker_reads_what_the_features_perceive() -> None:
+    """perceived_ranker fits one probe per identity fact on train features: features that encode
+    every fact rank as well as the oracle does; features that encode none rank at chance."""
+    from reid.disentangle_eval import perceived_log_probs, perceived_ranker
+    from reid.oracle import identity_values, oracle_metrics
+
+    g = torch.Generator().manual_seed(0)
+    factors, paths = _described_people()
     facts = [identity_values(factors[p]) for p in paths]
     code = torch.tensor([[f["gender"] == GENDERS[0]] + [f["hair_colour"] == c for c in COLOURS]
                          + [f["hair_style"] == s for s in STYLES] for f in facts]).double()
@@ -341,17 +349,8 @@ def test_one_fact_known_says_which_facts_perception_costs_the_ranker() -> None:
     from reid.disentangle_eval import one_fact_known, perceived_log_probs, perceived_ranker
     from reid.oracle import identity_values
 
-    GENDERS, COLOURS, STYLES = ("man", "woman"), ("black", "red", "blonde", "brown"), ("short", "long", "bun", "bald", "ponytail")
     g = torch.Generator().manual_seed(1)
-    factors, paths = {}, []
-    for pid in range(80):  # 40 train people, 40 evaluated (unique descriptions), 2 outfits x 2 views
-        ident = {"gender": GENDERS[pid % 2], "age": "young", "height": 0.9, "build": 1.0, "skin_tone": 0.1,
-                 "hair_style": STYLES[pid // 8 % 5], "hair_colour": COLOURS[pid // 2 % 4], "beard": False}
-        for view in range(4):
-            path = f"p{pid}_{view}.jpg"
-            paths.append(path)
-            factors[path] = {"id": pid, "outfit_id": 2 * pid + view // 2, "clothing": {"upper_colour": "red"},
-                             "identity": ident, "caption_facts": [["gender", "hair_colour", "hair_style"]]}
+    factors, paths = _described_people()
     facts = [identity_values(factors[p]) for p in paths]
     code = torch.tensor([[f["gender"] == GENDERS[0]] + [f["hair_colour"] == c for c in COLOURS] for f in facts]).double()
     x = torch.cat([code * 5, torch.randn(len(paths), 4, generator=g, dtype=torch.float64)], 1)  # no hair style
