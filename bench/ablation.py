@@ -1,12 +1,13 @@
 """The clothing-change benchmark: variants x seeds through the real entry points, tables in docs/ablation.md.
 
     python bench/ablation.py [--config configs/synthetic_cc.yaml] [--seeds 0 1 2]
-        [--variants full no_disentangle ...] [--out /tmp/reid-ablation] [--reevaluate] [--no-train]
+        [--variants full no_disentangle ...] [--out /tmp/reid-ablation] [--reevaluate] [--no-train] [--no-doc]
 
 For every (variant, seed) it trains ``accelerate launch launch/train.py --config CONFIG train.seed=S
 <overrides>`` (1 process; the dataset's own seed stays fixed), then evaluates the exported ``best``
 model (picked on val by the config's ``eval.select``) on the **test** split with ``accelerate launch
-launch/evaluate.py --json``. A run whose export / JSON exists is not redone (``--reevaluate`` redoes
+launch/evaluate.py --json``; an ``*_erased`` variant is its base variant's ``best`` with the clothing
+eraser fit by ``launch/erase_clothing.py`` (no training), so it pairs with the base weight for weight. A run whose export / JSON exists is not redone (``--reevaluate`` redoes
 the evaluations only), so the script can be stopped and restarted, and ``--variants`` / ``--seeds``
 extend what is there. It then writes the tables between the ``ablation-table`` markers of
 docs/ablation.md with the command, date, machine and commit: each figure is the mean over seeds ±
@@ -64,6 +65,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving100_no_disentangle": ([*OFF, *PERCEIVING_LONG], "`no_disentangle` from the ViT perceiving after 100 epochs"),
     "perceiving100_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", *PERCEIVING_LONG], "`perceiving_cloth_detached` from the ViT perceiving after 100 epochs"),
     "perceiving100_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING_LONG], "`perceiving100_cloth_detached` + `id_adv` 0.2"),
+    "perceiving100_cloth_detached_eraser": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", *PERCEIVING_LONG], "`perceiving100_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
@@ -75,6 +77,13 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "fusion": ([f"{W}.fusion_match=0.5"], "+ `fusion_match` 0.5 (trains the fusion head; nothing ranks with it)"),
     "similar_batches": (["data.sampler=similar"], "P x K batches of people with similar identity descriptions"),
 }
+# Variants that add the clothing eraser to another variant's trained `best` (launch/erase_clothing.py,
+# no training: paired with the base run weight for weight): name -> (base variant, rank)
+ERASED = {f"{base}_erased": (base, 16) for base in (
+    "separate_heads", "perceiving_no_disentangle", "perceiving_cloth_detached",
+    "perceiving100_no_disentangle", "perceiving100_cloth_detached")}
+for _name, (_base, _rank) in ERASED.items():
+    VARIANTS[_name] = ([], f"`{_base}` with the clothing eraser (rank {_rank}) fit to its `best` by launch/erase_clothing.py")
 LAUNCH = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
@@ -90,7 +99,12 @@ def accelerate(args: list[str], log: Path) -> None:
 def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool) -> dict:
     name = f"{variant}-s{seed}"
     best = out / "runs" / name / "best"
-    if not (best / "reid_model.json").is_file():
+    if variant in ERASED and not (best / "reid_model.json").is_file():
+        base, rank = ERASED[variant]
+        run_one(out, config, base, seed, False)  # trains and evaluates the base run where it is missing
+        accelerate(["launch/erase_clothing.py", "--checkpoint", str(out / "runs" / f"{base}-s{seed}" / "best"),
+                    "--out", str(best), "--rank", str(rank)], out / "logs" / f"{name}.erase.log")
+    elif not (best / "reid_model.json").is_file():
         start = time.time()
         accelerate(["launch/train.py", "--config", str(config), f"train.output_dir={out / 'runs'}",
                     f"train.run_name={name}", f"train.seed={seed}", "train.progress=false", *VARIANTS[variant][0]],
@@ -218,6 +232,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-ablation"), help="runs, logs, eval JSONs")
     parser.add_argument("--reevaluate", action="store_true", help="redo the evaluations of existing runs")
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs that exist")
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/ablation.md alone (runs and results.json only)")
     args = parser.parse_args()
     config = args.config.resolve()
     if not config.is_file():
@@ -246,6 +261,9 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    if args.no_doc:
+        print(f"wrote {args.out / 'results.json'}")
+        return 0
     write_tables(results, command, config)
     print(f"wrote {DOC.relative_to(REPO)} and {args.out / 'results.json'}")
     return 0

@@ -153,6 +153,23 @@ class FusionConfig:
 
 
 @dataclass
+class EraserConfig:
+    """The clothing eraser (reid/erasure.py): after training, the directions of the identity
+    embedding that co-vary with the captions' clothing words (beyond what the identity text implies)
+    are erased for the clothing-invariant mode and the composed standard score; refit on the train
+    split before every evaluation. Not in the seed."""
+
+    rank: int = 0  # directions erased; 0 = no eraser. docs/ablation.md measures 16
+    min_images: int = 20  # a clothing word enters the fit when at least this many train images' captions use it
+    max_images: int = 20000  # train images the fit reads at most (an even subsample beyond)
+
+    def validate(self, path: str) -> None:
+        _check(self.rank >= 0, f"{path}.rank", "must be >= 0 (0 = no eraser)")
+        _check(self.min_images >= 1, f"{path}.min_images", "must be >= 1")
+        _check(self.max_images >= 2, f"{path}.max_images", "must be >= 2")
+
+
+@dataclass
 class ModelConfig:
     image_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -175,10 +192,13 @@ class ModelConfig:
     # their own heads (and the text encoder) only, and the image encoder learns from the identity
     # terms and `decouple` (docs/ablation.md measures both from an encoder that already sees clothes).
     cloth_encoder_grad: bool = True
+    clothing_eraser: EraserConfig = field(default_factory=EraserConfig)
 
     def validate(self, path: str) -> None:
         _check(self.shared_dim > 0, f"{path}.shared_dim", "must be > 0")
         _check(self.embed_dim > 0, f"{path}.embed_dim", "must be > 0")
+        _check(self.clothing_eraser.rank <= self.embed_dim, f"{path}.clothing_eraser.rank",
+               f"must be <= model.embed_dim ({self.embed_dim}): it erases directions of the identity embedding")
         _check(0.0 <= self.mlp_dropout < 1.0, f"{path}.mlp_dropout", "must be in [0, 1)")
         _check(self.text_encoder.patch_size == 0, f"{path}.text_encoder.patch_size", "only image encoders have patches")
         if self.fusion.type != "none":

@@ -193,9 +193,10 @@ def cross_outfit_probe(feats: Tensor, pids: Tensor, outfits: Tensor, **kwargs: A
     return _result(predicted, truth, fitted // (int(folds.max()) + 1), len(set(labels)))
 
 
-# Probed features: the identity embedding the clothing-invariant mode retrieves with, and the raw
-# branch features below the shared heads.
-SOURCES = {"identity": "image_embeds", "id": "id_embeds", "cloth": "cloth_embeds"}
+# Probed features: the identity embedding the clothing-invariant mode retrieves with (through the
+# clothing eraser where the model has one), and the raw branch features below the shared heads.
+# source -> the output keys it reads, the first present wins
+SOURCES = {"identity": ("invariant_image_embeds", "image_embeds"), "id": ("id_embeds",), "cloth": ("cloth_embeds",)}
 CLOTHING_PROBES = {"upper_colour": ("clothing", "upper_colour")}  # name -> (section, factor)
 IDENTITY_PROBES = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour")
 # (source, target) pairs that measure leakage; the others are references (what a branch should hold)
@@ -254,8 +255,9 @@ def leakage_probes(
     people = len(set(eval_pids.tolist()))
     targets = list(CLOTHING_PROBES) + (list(IDENTITY_PROBES) if people >= MIN_PEOPLE_FOR_FACTORS else [])
     results = {}
-    for source, key in SOURCES.items():
-        if key not in train or key not in evaluated:
+    for source, names in SOURCES.items():
+        key = next((k for k in names if k in train and k in evaluated), None)
+        if key is None:
             continue
         feats, eval_feats = train[key], evaluated[key].cpu()
         for target in targets:

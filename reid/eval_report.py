@@ -29,7 +29,9 @@ def format_report(report: dict[str, Any]) -> str:
 
     lines = [f"{report['dataset']} {report['split']!r} split ({report['root']}): {report['num_gallery']} images, "
              f"{report['num_queries']} queries, {report['num_processes']} process(es); standard mode: "
-             f"{report['standard_form']} score",
+             f"{report['standard_form']} score"
+             + (f"; identity embedding through the clothing eraser ({report['clothing_eraser']} directions)"
+                if report.get("clothing_eraser") else ""),
              f"{'protocol':<17}{'mode':<30}" + "".join(f"{m:>8}" for m in METRICS) + f"{'R1/oracle':>11}"]
     for protocol, by_mode in report["retrieval"].items():
         oracle = by_mode.get(ORACLE, {}).get("R1")

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from reid.encoding import encode_gallery, encode_queries
 from reid.metrics import rank_from_embeddings
-from reid.retrieval import MODES, mode_embeddings, query_fields, standard_form
+from reid.retrieval import MODES, identity_rows, mode_embeddings, query_fields, standard_form
 
 KS = (1, 5, 10)
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -218,6 +218,8 @@ def evaluate_split(
         "dataset": cfg.data.dataset, "root": str(root), "split": split, "num_gallery": len(data.gallery),
         "num_queries": len(data.queries), "num_processes": accelerator.num_processes,
         "standard_form": result.form, "retrieval": {}, "seconds": dict(result.seconds), "notes": notes,
+        # directions the clothing eraser takes out of the identity embedding (reid.erasure); 0: none
+        "clothing_eraser": cfg.model.clothing_eraser.rank if "invariant_image_embeds" in result.gallery else 0,
     }
     for (protocol, mode), metrics in result.rows.items():
         report["retrieval"].setdefault(protocol, {})[mode] = dict(metrics)
@@ -240,7 +242,7 @@ def evaluate_split(
             report["disentangle"]["probes"].update(_text_probes(
                 model, cfg, tokenizer, accelerator, root, truth.factors, result.queries["id"], q_paths))
             # the attribute ranker on what the identity embedding perceives (reid.oracle)
-            log_probs = perceived_log_probs(train["image_embeds"], train_paths, gallery["image_embeds"], truth.factors)
+            log_probs = perceived_log_probs(identity_rows(train), train_paths, identity_rows(gallery), truth.factors)
             q_pids, groups = torch.tensor(list(data.queries["pid"])), protocol_groups(truth)
             report["disentangle"]["perceived"] = perceived_ranker(
                 log_probs, g_paths, q_paths, q_pids, result.gallery_pids, truth.factors, groups)

@@ -14,6 +14,11 @@
   what the person looks like, whatever they wear. This is the mode the clothing-change protocol is
   about.
 
+A model with a clothing eraser (``model.clothing_eraser``, :mod:`reid.erasure`) adds
+``invariant_image_embeds``: its identity embedding with the clothing the train captions name
+erased. The clothing-invariant mode and the identity half of ``composed`` use it; ``full`` (the
+whole caption, clothing words included) keeps ``image_embeds``.
+
 Both are dot products of L2-normalised rows, so every metric in :mod:`reid.evaluation` applies:
 ``composed`` concatenates [id; cloth] on both sides, which sums the two cosines.
 """
@@ -35,23 +40,38 @@ def standard_form(requested: StandardForm, gallery: dict[str, Tensor]) -> Standa
     return "composed" if requested == "composed" and "cloth_image_embeds" in gallery else "full"
 
 
+def identity_rows(gallery: dict[str, Tensor]) -> Tensor:
+    """The gallery's identity embedding for identity-part queries: through the clothing eraser
+    where the model has one (``invariant_image_embeds``), else ``image_embeds``."""
+    return gallery.get("invariant_image_embeds", gallery["image_embeds"])
+
+
 def mode_embeddings(
     mode: str, queries: dict[str, Tensor], gallery: dict[str, Tensor], form: StandardForm = "composed"
 ) -> tuple[Tensor, Tensor]:
     """(query rows, gallery rows) whose dot products are the mode's scores.
 
     ``queries``: ``{"full", "id", "cloth"}`` text embeddings (Q, E) (``cloth`` zero where the caption
-    has no clothing part); ``gallery``: ``image_embeds`` (G, E) and, for ``composed``,
-    ``cloth_image_embeds`` (G, E).
+    has no clothing part); ``gallery``: see :func:`gallery_rows`.
     """
     if mode == "clothing_invariant":
-        return queries["id"], gallery["image_embeds"]
+        return queries["id"], gallery_rows(gallery, mode, form)
+    if standard_form(form, gallery) == "full":
+        return queries["full"], gallery_rows(gallery, mode, form)
+    return torch.cat([queries["id"], queries["cloth"]], dim=1), gallery_rows(gallery, mode, form)
+
+
+def gallery_rows(gallery: dict[str, Tensor], mode: str, form: StandardForm = "composed") -> Tensor:
+    """The gallery rows a query of ``mode`` is scored against. ``gallery``: ``image_embeds`` (G, E),
+    ``invariant_image_embeds`` (G, E) where the model has a clothing eraser, and for ``composed``
+    ``cloth_image_embeds`` (G, E)."""
+    if mode == "clothing_invariant":
+        return identity_rows(gallery)
     if mode != "standard":
         raise ValueError(f"unknown retrieval mode {mode!r} (modes: {', '.join(MODES)})")
     if standard_form(form, gallery) == "full":
-        return queries["full"], gallery["image_embeds"]
-    return (torch.cat([queries["id"], queries["cloth"]], dim=1),
-            torch.cat([gallery["image_embeds"], gallery["cloth_image_embeds"]], dim=1))
+        return gallery["image_embeds"]
+    return torch.cat([identity_rows(gallery), gallery["cloth_image_embeds"]], dim=1)
 
 
 def query_fields(mode: str, form: StandardForm) -> tuple[str, ...]:

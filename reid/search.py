@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from reid.data import keys
 from reid.errors import ReidError, report_user_errors
-from reid.retrieval import standard_form
+from reid.retrieval import gallery_rows, standard_form
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 BATCH_SIZE = 64
@@ -111,7 +111,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("REID_CACHE") or Path.home() / ".cache" / "reid").expanduser()
 
 
-GALLERY_FIELDS = ("image_embeds", "cloth_image_embeds")  # identity and (if the model has one) clothing
+# identity, and where the model has them: clothing, identity through the clothing eraser
+GALLERY_FIELDS = ("image_embeds", "cloth_image_embeds", "invariant_image_embeds")
 
 
 @torch.no_grad()
@@ -231,13 +232,6 @@ def encode_query(
     return Query(vector, mode, form, id_part if "id" in parts else "", parts.get("cloth", ""), unknown)
 
 
-def gallery_matrix(embeds: dict[str, torch.Tensor], mode: str, form: str) -> torch.Tensor:
-    """The gallery rows a query of ``mode`` is scored against (see reid.retrieval.mode_embeddings)."""
-    if mode == "standard" and form == "composed":
-        return torch.cat([embeds["image_embeds"], embeds["cloth_image_embeds"]], dim=1)
-    return embeds["image_embeds"]
-
-
 # --------------------------------------------------------------------------------------------------
 # Search
 # --------------------------------------------------------------------------------------------------
@@ -340,7 +334,7 @@ def search(
     encoded = encode_query(model, tokenizer, query, cfg.data.text_max_length, device, mode, form)
     if encoded.unknown:
         warnings.append(f"words the model does not know (ignored): {', '.join(encoded.unknown)}")
-    rows = rank_gallery(encoded.vector.to(device), gallery_matrix(embeds, mode, form).to(device), top_k)
+    rows = rank_gallery(encoded.vector.to(device), gallery_rows(embeds, mode, form).to(device), top_k)
     hits = [Hit(where.paths[kept[i]], score, where.pids[kept[i]] if where.pids else None) for i, score in rows]
     return SearchResult(encoded, where, hits, len(kept), cached, warnings)
 

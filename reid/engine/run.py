@@ -14,6 +14,7 @@ from reid.config import Config, save_config
 from reid.data import build_eval_data, build_tokenizer, build_train_data, prepare_root
 from reid.engine.checkpoint import candidates
 from reid.errors import ConfigError
+from reid.erasure import fit_clothing_eraser
 from reid.evaluation import evaluate, split_truth
 from reid.data.transforms import pixel_stats
 from reid.export import export_model
@@ -103,7 +104,15 @@ def build_components(cfg: Config, accelerator: Any, run_dir: Path) -> RunContext
     def export(model_: torch.nn.Module, out: Path) -> Path:
         return export_model(accelerator, model_, out, cfg=cfg, tokenizer=tokenizer, meta=meta)
 
+    eraser = model.clothing_eraser  # the unwrapped model's buffers: prepare() wraps, never copies, them
+
     def run_eval(model_: torch.nn.Module) -> dict[str, float]:
+        if eraser is not None:  # refit on the current weights, so the evaluated (and exported) model carries its own
+            fitted = fit_clothing_eraser(model_, eraser, cfg.data, cfg.model.clothing_eraser, tokenizer, accelerator,
+                                         prepare_root(cfg.data), batch_size=cfg.eval.batch_size, pixel_mean=mean,
+                                         pixel_std=std)
+            if accelerator.is_main_process:
+                print(fitted.describe(), flush=True)
         return evaluate(model_, eval_data, accelerator, truth=truth, standard=cfg.eval.standard,
                         chunk_size=cfg.eval.chunk_size)
 

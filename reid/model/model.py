@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from reid.config import LEARNABLE_TEMPERATURE_RANGE, DisentangleConfig, ModelConfig
 from reid.data import keys
+from reid.erasure import ClothingEraser
 from reid.errors import ConfigError
 from reid.model.encoders import (
     align_end_of_text,
@@ -201,6 +202,8 @@ class T2IReIDModel(nn.Module):
         self.cloth_text_mlp = projection_mlp(cfg.shared_dim, cfg.embed_dim, cfg.mlp_dropout) if separate and needs.cloth_text else None
         self.cloth_match_bias = Scalar(0.0) if needs.pair_bias else None  # threshold at cos = 0
         self.fusion = get_fusion_module(cfg.fusion) if needs.fusion else None
+        # model.clothing_eraser: fitted after training (reid/erasure.py); only retrieval applies it
+        self.clothing_eraser = ClothingEraser(cfg.embed_dim) if cfg.clothing_eraser.rank > 0 else None
         self.scale = Scalar(1.0) if needs.fusion else None
         self.match_head = nn.Linear(cfg.fusion.output_dim, 1) if needs.fusion else None
         if heads.learnable_temperature:
@@ -265,7 +268,9 @@ class T2IReIDModel(nn.Module):
         """Training batch -> all outputs (see the class docstring). Retrieval goes through forward
         too, so that ZeRO-3 gathers the partitioned weights: a batch holding only ``images`` returns
         ``{"image_embeds", "id_embeds"}`` (+ ``"cloth_embeds"`` with a cloth branch, +
-        ``"cloth_image_embeds"`` when the cloth branch is matched to clothing text); one holding only
+        ``"cloth_image_embeds"`` when the cloth branch is matched to clothing text, +
+        ``"invariant_image_embeds"``, the identity embedding through the clothing eraser, when the
+        model has one: :mod:`reid.erasure`); one holding only
         ``input_ids``/``attention_mask`` returns ``{"text_embeds"}``; one holding only
         ``pair_image_embeds``/``pair_text_embeds`` returns ``{"match_scores"}`` (:meth:`match_scores`)."""
         if keys.ID_INPUT_IDS not in batch:
@@ -298,11 +303,14 @@ class T2IReIDModel(nn.Module):
         feats = self._image_features(batch[keys.IMAGES])  # (N, H)
         id_embeds = F.relu(self.id_projection(feats))  # (N, H), as encode_image
         if self.cloth_projection is None:
-            return {"image_embeds": self._image_head(id_embeds), "id_embeds": id_embeds}
-        cloth_embeds = F.relu(self.cloth_projection(feats))  # (N, H) raw branch features (leakage probes)
-        out = {"id_embeds": id_embeds, "cloth_embeds": cloth_embeds}
-        # the standard mode's clothing half, through the same head calls as in training
-        out.update(self._image_embeddings(id_embeds, cloth_embeds if self.needs.cloth_image else None))
+            out = {"image_embeds": self._image_head(id_embeds), "id_embeds": id_embeds}
+        else:
+            cloth_embeds = F.relu(self.cloth_projection(feats))  # (N, H) raw branch features (leakage probes)
+            out = {"id_embeds": id_embeds, "cloth_embeds": cloth_embeds}
+            # the standard mode's clothing half, through the same head calls as in training
+            out.update(self._image_embeddings(id_embeds, cloth_embeds if self.needs.cloth_image else None))
+        if self.clothing_eraser is not None:
+            out["invariant_image_embeds"] = F.normalize(self.clothing_eraser(out["image_embeds"]), dim=-1)
         return out
 
     def _image_embeddings(self, id_embeds: Tensor, cloth_embeds: Tensor | None) -> dict[str, Tensor]:
