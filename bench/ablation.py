@@ -78,12 +78,16 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "similar_batches": (["data.sampler=similar"], "P x K batches of people with similar identity descriptions"),
 }
 # Variants that add the clothing eraser to another variant's trained `best` (launch/erase_clothing.py,
-# no training: paired with the base run weight for weight): name -> (base variant, rank)
-ERASED = {f"{base}_erased": (base, 16) for base in (
+# no training: paired with the base run weight for weight): name -> (base variant, rank, overrides)
+ERASED = {f"{base}_erased": (base, 16, []) for base in (
     "separate_heads", "perceiving_no_disentangle", "perceiving_cloth_detached",
     "perceiving100_no_disentangle", "perceiving100_cloth_detached")}
-for _name, (_base, _rank) in ERASED.items():
-    VARIANTS[_name] = ([], f"`{_base}` with the clothing eraser (rank {_rank}) fit to its `best` by launch/erase_clothing.py")
+ERASED.update({f"perceiving100_cloth_detached_erased{rank}": ("perceiving100_cloth_detached", rank, []) for rank in (8, 32)})
+ERASED["perceiving100_cloth_detached_erased_words"] = (
+    "perceiving100_cloth_detached", 16, ["model.clothing_eraser.given_identity_text=false"])
+for _name, (_base, _rank, _over) in ERASED.items():
+    VARIANTS[_name] = (_over, f"`{_base}` with the clothing eraser (rank {_rank}{', ' + ' '.join(_over) if _over else ''}) "
+                              "fit to its `best` by launch/erase_clothing.py")
 LAUNCH = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
@@ -100,10 +104,10 @@ def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool) 
     name = f"{variant}-s{seed}"
     best = out / "runs" / name / "best"
     if variant in ERASED and not (best / "reid_model.json").is_file():
-        base, rank = ERASED[variant]
+        base, rank, overrides = ERASED[variant]
         run_one(out, config, base, seed, False)  # trains and evaluates the base run where it is missing
         accelerate(["launch/erase_clothing.py", "--checkpoint", str(out / "runs" / f"{base}-s{seed}" / "best"),
-                    "--out", str(best), "--rank", str(rank)], out / "logs" / f"{name}.erase.log")
+                    "--out", str(best), "--rank", str(rank), *overrides], out / "logs" / f"{name}.erase.log")
     elif not (best / "reid_model.json").is_file():
         start = time.time()
         accelerate(["launch/train.py", "--config", str(config), f"train.output_dir={out / 'runs'}",

@@ -162,6 +162,10 @@ class EraserConfig:
     rank: int = 0  # directions erased; 0 = no eraser. docs/ablation.md measures 16
     min_images: int = 20  # a clothing word enters the fit when at least this many train images' captions use it
     max_images: int = 20000  # train images the fit reads at most (an even subsample beyond)
+    # Erase only the clothing the identity text does not imply (the clothing words minus their
+    # regression on the identity-text embedding). false: the clothing words as they are, which takes
+    # out identity facts that go with garments too (gender with skirts: docs/ablation.md)
+    given_identity_text: bool = True
 
     def validate(self, path: str) -> None:
         _check(self.rank >= 0, f"{path}.rank", "must be >= 0 (0 = no eraser)")

@@ -151,22 +151,22 @@ def fit_clothing_eraser(model: nn.Module, eraser: ClothingEraser, data_cfg: Any,
         queries, _ = encode_queries(model, texts, accelerator, len(text_paths), ("id",))
     finally:
         model.train(was_training)
-    table = build_tables(data_cfg, tokenizer, root).train  # one row per caption, the loader's order
-    row_of = {p: i for i, p in enumerate(image_paths)}
-    caption_image = [row_of[p] for p in text_paths]
-    valid = list(table["cloth_valid"])
-    cloth = tokenizer([c if ok else "" for c, ok in zip(table["cloth_caption"], valid)], add_special_tokens=False)["input_ids"]
-    z, words = clothing_words(cloth, caption_image, len(image_paths), erase_cfg.min_images, tokenizer.all_special_ids)
-    t = torch.zeros(len(image_paths), queries["id"].shape[1], dtype=torch.float64)
-    t.index_add_(0, torch.tensor(caption_image), queries["id"].double().cpu())
-    t /= torch.bincount(torch.tensor(caption_image), minlength=len(image_paths)).clamp(min=1)[:, None]
-    x = gallery["image_embeds"].double().cpu()
-    if len(x) > erase_cfg.max_images:  # an even subsample, the same on every process
-        keep = torch.linspace(0, len(x) - 1, erase_cfg.max_images).round().long()
-        x, z, t = x[keep], z[keep], t[keep]
+    # at most max_images images (an even subsample, the same on every process) and their captions
+    keep = torch.linspace(0, len(image_paths) - 1, min(len(image_paths), erase_cfg.max_images)).round().long().unique()
+    row_of = {image_paths[i]: r for r, i in enumerate(keep.tolist())}
+    table = build_tables(data_cfg, tokenizer, root).train  # one row per caption, the query loader's order
+    captions = [i for i, p in enumerate(text_paths) if p in row_of]
+    caption_image = [row_of[text_paths[i]] for i in captions]
+    cloth_parts = [c if ok else "" for c, ok in zip(table.select(captions)["cloth_caption"], table.select(captions)["cloth_valid"])]
+    cloth = tokenizer(cloth_parts, add_special_tokens=False)["input_ids"]
+    z, words = clothing_words(cloth, caption_image, len(keep), erase_cfg.min_images, tokenizer.all_special_ids)
+    t = torch.zeros(len(keep), queries["id"].shape[1], dtype=torch.float64)
+    t.index_add_(0, torch.tensor(caption_image), queries["id"][captions].double().cpu())
+    t /= torch.bincount(torch.tensor(caption_image), minlength=len(keep)).clamp(min=1)[:, None]
+    x = gallery["image_embeds"][keep].double().cpu()
     if not words:
         mean, matrix, used = torch.zeros(x.shape[1]), torch.zeros(x.shape[1], x.shape[1]), 0
     else:
-        mean, matrix, used = leace(x, residual(z, t), erase_cfg.rank)
+        mean, matrix, used = leace(x, residual(z, t) if erase_cfg.given_identity_text else z, erase_cfg.rank)
     eraser.load_fit(mean.float(), matrix.float())
     return EraserFit(used, len(x), len(words), time.perf_counter() - start)

@@ -126,6 +126,16 @@ def test_fit_on_an_export_erases_the_train_captions_clothing_words(synth_root: P
     assert torch.linalg.matrix_rank(matrix, atol=1e-4) == 3  # an oblique projection of rank 3
     assert torch.allclose(matrix @ matrix, matrix, atol=1e-3)
     assert "3 directions fit on" in fitted.describe()
+    cfg.model.clothing_eraser.max_images = 10
+    few = fit_clothing_eraser(model, ClothingEraser(cfg.model.embed_dim), cfg.data, cfg.model.clothing_eraser, tokenizer,
+                              Accelerator(cpu=True), Path(cfg.data.root), batch_size=16,
+                              pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
+    assert few.num_images == 10 < fitted.num_images
+    cfg.model.clothing_eraser.max_images, cfg.model.clothing_eraser.given_identity_text = 20000, False
+    words_only = ClothingEraser(cfg.model.embed_dim)
+    fit_clothing_eraser(model, words_only, cfg.data, cfg.model.clothing_eraser, tokenizer, Accelerator(cpu=True),
+                        Path(cfg.data.root), batch_size=16, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
+    assert (words_only.matrix - model.clothing_eraser.matrix).abs().max() > 1e-3  # the residual step matters
     from reid.eval_report import format_report
     from reid.evaluation import evaluate_split
 
