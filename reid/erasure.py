@@ -127,6 +127,21 @@ class EraserFit:
                 f"{self.num_words} clothing words ({self.seconds:.0f} s)")
 
 
+def _encode_train(model: nn.Module, data_cfg: Any, tokenizer: Any, accelerator: Any, root: Any, batch_size: int,
+                  pixel_mean: Any, pixel_std: Any) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str], list[str]]:
+    """The train split's images (model outputs) and identity texts (embeddings), and their file paths."""
+    from reid.disentangle_eval import train_image_loader, train_query_loader
+    from reid.encoding import encode_gallery, encode_queries
+
+    shard = dict(rank=accelerator.process_index, world_size=accelerator.num_processes)
+    images, image_paths = train_image_loader(data_cfg, tokenizer, root, batch_size=batch_size, pixel_mean=pixel_mean,
+                                             pixel_std=pixel_std, **shard)
+    gallery, _ = encode_gallery(model, images, accelerator, len(image_paths))
+    texts, text_paths = train_query_loader(data_cfg, tokenizer, root, batch_size=batch_size, **shard)
+    queries, _ = encode_queries(model, texts, accelerator, len(text_paths), ("id",))
+    return gallery, queries, image_paths, text_paths
+
+
 @torch.no_grad()
 def fit_clothing_eraser(model: nn.Module, eraser: ClothingEraser, data_cfg: Any, erase_cfg: Any, tokenizer: Any,
                         accelerator: Any, root: Any, *, batch_size: int, pixel_mean: Any = None,
@@ -135,22 +150,19 @@ def fit_clothing_eraser(model: nn.Module, eraser: ClothingEraser, data_cfg: Any,
     its shard, gathers all, and fits the same eraser). ``model`` is what encodes (the wrapped model
     in training, so that ZeRO-3 gathers its weights); ``erase_cfg`` is ``model.clothing_eraser``."""
     from reid.data.tables import build_tables
-    from reid.disentangle_eval import train_image_loader, train_query_loader
-    from reid.encoding import encode_gallery, encode_queries
 
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
-        images, image_paths = train_image_loader(data_cfg, tokenizer, root, batch_size=batch_size,
-                                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                                 pixel_mean=pixel_mean, pixel_std=pixel_std)
-        gallery, _ = encode_gallery(model, images, accelerator, len(image_paths))
-        texts, text_paths = train_query_loader(data_cfg, tokenizer, root, batch_size=batch_size,
-                                               rank=accelerator.process_index, world_size=accelerator.num_processes)
-        queries, _ = encode_queries(model, texts, accelerator, len(text_paths), ("id",))
+        # the loaders draw their seeds from torch's generator: fork it, so that fitting leaves the
+        # training's random stream where it was
+        with torch.random.fork_rng(devices=[]):
+            gallery, queries, image_paths, text_paths = _encode_train(model, data_cfg, tokenizer, accelerator, root,
+                                                                      batch_size, pixel_mean, pixel_std)
     finally:
         model.train(was_training)
+
     # at most max_images images (an even subsample, the same on every process) and their captions
     keep = torch.linspace(0, len(image_paths) - 1, min(len(image_paths), erase_cfg.max_images)).round().long().unique()
     row_of = {image_paths[i]: r for r, i in enumerate(keep.tolist())}

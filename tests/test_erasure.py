@@ -118,10 +118,12 @@ def test_fit_on_an_export_erases_the_train_captions_clothing_words(synth_root: P
     export = make_export(synth_root, tmp_path / "best", "model.clothing_eraser.rank=3", "model.clothing_eraser.min_images=2")
     model, tokenizer, cfg, meta = load_exported(export)
     assert model.clothing_eraser.matrix.abs().max() == 0  # exported before any fit
+    rng = torch.get_rng_state()
     fitted = fit_clothing_eraser(model, model.clothing_eraser, cfg.data, cfg.model.clothing_eraser, tokenizer,
                                  Accelerator(cpu=True), Path(cfg.data.root), batch_size=16,
                                  pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
     assert fitted.rank == 3 and fitted.num_words > 3 and fitted.num_images > 0
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's random stream is left where it was
     matrix = model.clothing_eraser.matrix.double()
     assert torch.linalg.matrix_rank(matrix, atol=1e-4) == 3  # an oblique projection of rank 3
     assert torch.allclose(matrix @ matrix, matrix, atol=1e-3)

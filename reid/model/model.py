@@ -9,6 +9,8 @@
       [id_embeds; cloth branch] -> shared_mlp -> image_mlp -> L2 -> image_embeds, cloth_image_embeds
     [id; cloth; neg_cloth text] -> BERT -> [CLS] -> shared_mlp -> text_mlp -> L2 -> *_text_embeds
                                   (a CLIP text tower: its projected text_embeds, at end-of-text)
+    retrieval only: image_embeds -> clothing_eraser -> L2 -> invariant_image_embeds
+                                  (model.clothing_eraser: fitted after training, reid/erasure.py)
 
 Heads that only serve one loss term (the id and adversary classifiers, the seed's decoupling
 projectors, the pair-matching bias, the fusion head) are built only when that term's weight is > 0:
