@@ -66,6 +66,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving100_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", *PERCEIVING_LONG], "`perceiving_cloth_detached` from the ViT perceiving after 100 epochs"),
     "perceiving100_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING_LONG], "`perceiving100_cloth_detached` + `id_adv` 0.2"),
     "perceiving100_cloth_detached_eraser": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", *PERCEIVING_LONG], "`perceiving100_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
+    "perceiving100_cloth_detached_eraser_e40": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", "train.epochs=40", *PERCEIVING_LONG], "`perceiving100_cloth_detached_eraser` trained 40 epochs (24 in the config)"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
