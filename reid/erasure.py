@@ -169,13 +169,14 @@ def fit_clothing_eraser(model: nn.Module, eraser: ClothingEraser, data_cfg: Any,
     table = build_tables(data_cfg, tokenizer, root).train  # one row per caption, the query loader's order
     captions = [i for i, p in enumerate(text_paths) if p in row_of]
     caption_image = [row_of[text_paths[i]] for i in captions]
-    cloth_parts = [c if ok else "" for c, ok in zip(table.select(captions)["cloth_caption"], table.select(captions)["cloth_valid"])]
+    rows = table.select(captions)
+    cloth_parts = [c if ok else "" for c, ok in zip(rows["cloth_caption"], rows["cloth_valid"])]
     cloth = tokenizer(cloth_parts, add_special_tokens=False)["input_ids"]
     z, words = clothing_words(cloth, caption_image, len(keep), erase_cfg.min_images, tokenizer.all_special_ids)
     t = torch.zeros(len(keep), queries["id"].shape[1], dtype=torch.float64)
-    t.index_add_(0, torch.tensor(caption_image), queries["id"][captions].double().cpu())
+    t.index_add_(0, torch.tensor(caption_image), queries["id"].double().cpu()[captions])
     t /= torch.bincount(torch.tensor(caption_image), minlength=len(keep)).clamp(min=1)[:, None]
-    x = gallery["image_embeds"][keep].double().cpu()
+    x = gallery["image_embeds"].double().cpu()[keep]
     if not words:
         mean, matrix, used = torch.zeros(x.shape[1]), torch.zeros(x.shape[1], x.shape[1]), 0
     else:
