@@ -138,6 +138,19 @@ def test_fit_on_an_export_erases_the_train_captions_clothing_words(synth_root: P
     fit_clothing_eraser(model, words_only, cfg.data, cfg.model.clothing_eraser, tokenizer, Accelerator(cpu=True),
                         Path(cfg.data.root), batch_size=16, pixel_mean=meta["pixel_mean"], pixel_std=meta["pixel_std"])
     assert (words_only.matrix - model.clothing_eraser.matrix).abs().max() > 1e-3  # the residual step matters
+
+    # exported with its fit, searched: the clothing-invariant mode ranks the erased rows
+    from reid import search
+    from reid.export import export_model
+
+    erased = export_model(Accelerator(cpu=True), model, tmp_path / "erased", cfg=cfg, tokenizer=tokenizer, meta=meta)
+    result = search.search(erased, "synthetic", "A tall young woman with long black hair, in a red coat.",
+                           mode="clothing-invariant", top_k=3, split="val", cache_dir=tmp_path / "cache")
+    loaded, *_ = load_exported(erased)
+    embeds, kept, _ = search.encode_gallery(loaded, [h.path for h in result.hits], meta, torch.device("cpu"))
+    scores = embeds["invariant_image_embeds"] @ result.query.vector
+    assert torch.allclose(scores, torch.tensor([h.score for h in result.hits]), atol=1e-5)
+    assert not torch.allclose(embeds["image_embeds"] @ result.query.vector, scores, atol=1e-3)
     from reid.eval_report import format_report
     from reid.evaluation import evaluate_split
 
