@@ -197,12 +197,15 @@ def test_killed_run_resumes_exactly(work, accel):
 
 
 def test_zero3_trains_and_exports_gathered_weights(work):
-    """ZeRO-3 partitions every parameter; the export gathers full tensors that load into reid."""
+    """ZeRO-3 partitions every parameter; the export gathers full tensors that load into reid, the
+    clothing eraser fitted at the final evaluation included."""
     from reid.export import load_exported
 
     tmp, root = work
-    run_launch(train_args(tmp, root, "zero3", 8, "train.max_steps=2", "train.eval_every=0",
-                          "train.max_shard_size=200KB"), accel_config="cpu_zero3")
+    proc = run_launch(train_args(tmp, root, "zero3", 8, "train.max_steps=2", "train.eval_every=0",
+                                 "train.max_shard_size=200KB", "model.clothing_eraser.rank=2",
+                                 "model.clothing_eraser.min_images=2"), accel_config="cpu_zero3")
+    assert "clothing eraser: 2 directions fit on" in proc.stdout
     export = tmp / "runs" / "zero3" / "final"
     index = json.loads((export / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded at 200KB
@@ -210,4 +213,5 @@ def test_zero3_trains_and_exports_gathered_weights(work):
     state = weights(export)
     for name, tensor in model.state_dict().items():
         assert tuple(state[name].shape) == tuple(tensor.shape) and state[name].numel() > 0, name
+    assert state["clothing_eraser.matrix"].abs().max() > 0
     assert [r["step"] for r in read_log(tmp / "runs" / "zero3")] == [1, 2]
