@@ -164,7 +164,7 @@ class EraserConfig:
     max_images: int = 20000  # train images the fit reads at most (an even subsample beyond)
     # Erase only the clothing the identity text does not imply (the clothing words minus their
     # regression on the identity-text embedding). false: the clothing words as they are, which takes
-    # out identity facts that go with garments too (gender with skirts: docs/ablation.md)
+    # out identity facts the clothing sentences carry too ("her coat": gender; docs/ablation.md)
     given_identity_text: bool = True
 
     def validate(self, path: str) -> None:

@@ -11,8 +11,9 @@ and only those:
    word (words used by at least ``min_images`` images), ``t`` = the mean identity-text embedding of
    its captions' identity parts.
 2. ``z`` minus its ridge regression on ``t``: what the identity description predicts about the
-   clothes (dresses and skirts go with "woman") stays; only clothing the identity text does not
-   imply is erased. Without this step the eraser takes gender out with the skirts.
+   clothes stays; only clothing the identity text does not imply is erased. Without this step the
+   eraser takes gender out: the clothing sentences carry it ("her feet", "his jacket"; on real data
+   garments go with gender too).
 3. LEACE (Belrose et al., "LEACE: Perfect linear concept erasure in closed form", NeurIPS 2023) on
    ``(x, z_residual)``, truncated to the ``rank`` strongest directions: with ``W`` the whitening of
    ``x`` and ``U`` the top left singular vectors of ``W Cov(x, z)``,
