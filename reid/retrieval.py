@@ -54,11 +54,12 @@ def mode_embeddings(
     ``queries``: ``{"full", "id", "cloth"}`` text embeddings (Q, E) (``cloth`` zero where the caption
     has no clothing part); ``gallery``: see :func:`gallery_rows`.
     """
+    rows = gallery_rows(gallery, mode, form)  # (an unknown mode raises here)
     if mode == "clothing_invariant":
-        return queries["id"], gallery_rows(gallery, mode, form)
+        return queries["id"], rows
     if standard_form(form, gallery) == "full":
-        return queries["full"], gallery_rows(gallery, mode, form)
-    return torch.cat([queries["id"], queries["cloth"]], dim=1), gallery_rows(gallery, mode, form)
+        return queries["full"], rows
+    return torch.cat([queries["id"], queries["cloth"]], dim=1), rows
 
 
 def gallery_rows(gallery: dict[str, Tensor], mode: str, form: StandardForm = "composed") -> Tensor:
