@@ -32,10 +32,10 @@ the eraser of their own weights; ``launch/erase_clothing.py`` fits one to an exp
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -66,18 +66,9 @@ def clothing_words(token_ids: Sequence[Sequence[int]], image_index: Sequence[int
     """``(num_images, K)`` float64: per image, the share of its captions whose clothing part
     (``token_ids[i]``, caption ``i`` of image ``image_index[i]``) uses each of the K words that at least
     ``min_images`` images use (``ignore``: special tokens); and those K token ids, ascending."""
-    captions = np.zeros(num_images)
-    pairs = set()  # (image, token) with the token in some caption of the image
-    per_caption: list[tuple[int, set[int]]] = []
     skip = set(ignore)
-    for ids, image in zip(token_ids, image_index):
-        words = set(int(t) for t in ids) - skip
-        per_caption.append((image, words))
-        captions[image] += 1
-        pairs.update((image, t) for t in words)
-    images_per_word: dict[int, int] = {}
-    for _, t in pairs:
-        images_per_word[t] = images_per_word.get(t, 0) + 1
+    per_caption = [(int(image), {int(t) for t in ids} - skip) for ids, image in zip(token_ids, image_index)]
+    images_per_word = Counter(t for _, t in {(image, t) for image, words in per_caption for t in words})
     kept = sorted(t for t, n in images_per_word.items() if n >= min_images)
     column = {t: j for j, t in enumerate(kept)}
     z = torch.zeros(num_images, len(kept), dtype=torch.float64)
@@ -85,7 +76,8 @@ def clothing_words(token_ids: Sequence[Sequence[int]], image_index: Sequence[int
         for t in words:
             if t in column:
                 z[image, column[t]] += 1.0
-    return z / torch.from_numpy(np.maximum(captions, 1.0))[:, None], kept
+    captions = torch.bincount(torch.tensor([image for image, _ in per_caption], dtype=torch.long), minlength=num_images)
+    return z / captions.clamp(min=1)[:, None], kept
 
 
 def residual(z: Tensor, t: Tensor, ridge: float = RIDGE) -> Tensor:
