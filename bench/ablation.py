@@ -35,10 +35,12 @@ START, END = "<!-- ablation-table:start -->", "<!-- ablation-table:end -->"
 W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
 # The benchmark's ViT after bench/pretrain_perception.py taught it to read every drawn fact on the train
-# split, for 30 epochs (the first perceiving encoder) or 100 (it perceives more: docs/ablation.md)
+# split, for 30 epochs (the first perceiving encoder) or 100 (it perceives more: docs/ablation.md); and
+# a small ResNet taught the same for 60 epochs (a CNN perceives hair style, which the ViT does not learn)
 PERCEPTION_VIT = Path("/tmp/reid-perception-vit")
 PERCEPTION_VIT_LONG = Path("/tmp/reid-perception-vit-e100")
-PERCEPTION_EPOCHS = {PERCEPTION_VIT: 30, PERCEPTION_VIT_LONG: 100}
+PERCEPTION_RESNET = Path("/tmp/reid-perception-resnet")
+PERCEPTION_EPOCHS = {PERCEPTION_VIT: ("vit", 30), PERCEPTION_VIT_LONG: ("vit", 100), PERCEPTION_RESNET: ("resnet", 60)}
 
 
 def _perceiving(vit: Path) -> list[str]:
@@ -46,6 +48,8 @@ def _perceiving(vit: Path) -> list[str]:
 
 
 PERCEIVING, PERCEIVING_LONG = _perceiving(PERCEPTION_VIT), _perceiving(PERCEPTION_VIT_LONG)
+RESNET = _perceiving(PERCEPTION_RESNET)
+DETACHED = ["model.cloth_heads=separate", "model.cloth_encoder_grad=false"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
     "full": ([], "the benchmark config: the seven terms"),
     "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
@@ -67,6 +71,9 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving100_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING_LONG], "`perceiving100_cloth_detached` + `id_adv` 0.2"),
     "perceiving100_cloth_detached_eraser": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", *PERCEIVING_LONG], "`perceiving100_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
     "perceiving100_cloth_detached_eraser_e40": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", "train.epochs=40", *PERCEIVING_LONG], "`perceiving100_cloth_detached_eraser` trained 40 epochs (24 in the config)"),
+    "resnet_no_disentangle": ([*OFF, *RESNET], "`no_disentangle` from the perceiving ResNet (`bench/pretrain_perception.py --arch resnet`)"),
+    "resnet_cloth_detached": ([*DETACHED, *RESNET], "`perceiving_cloth_detached` from the perceiving ResNet"),
+    "resnet_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *RESNET], "`resnet_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
@@ -82,7 +89,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
 # no training: paired with the base run weight for weight): name -> (base variant, rank, overrides)
 ERASED = {f"{base}_erased": (base, 16, []) for base in (
     "separate_heads", "perceiving_no_disentangle", "perceiving_cloth_detached",
-    "perceiving100_no_disentangle", "perceiving100_cloth_detached")}
+    "perceiving100_no_disentangle", "perceiving100_cloth_detached", "resnet_no_disentangle", "resnet_cloth_detached")}
 ERASED.update({f"perceiving100_cloth_detached_erased{rank}": ("perceiving100_cloth_detached", rank, []) for rank in (8, 32)})
 ERASED["perceiving100_cloth_detached_erased_words"] = (
     "perceiving100_cloth_detached", 16, ["model.clothing_eraser.given_identity_text=false"])
@@ -243,14 +250,14 @@ def main() -> int:
     if not config.is_file():
         print(f"error: --config: {args.config} does not exist", file=sys.stderr)
         return 2
-    for vit, epochs in PERCEPTION_EPOCHS.items():
-        if args.no_train or (vit / "config.json").is_file() or \
-                not any(_perceiving(vit)[0] in VARIANTS[v][0] for v in args.variants):
+    for encoder, (arch, epochs) in PERCEPTION_EPOCHS.items():
+        if args.no_train or (encoder / "config.json").is_file() or \
+                not any(_perceiving(encoder)[0] in VARIANTS[v][0] for v in args.variants):
             continue
-        print(f"training the perceiving ViT into {vit} (bench/pretrain_perception.py --epochs {epochs}, "
-              f"~{epochs // 6} min on 2 cores)", flush=True)
+        print(f"training the perceiving {arch} into {encoder} (bench/pretrain_perception.py --arch {arch} "
+              f"--epochs {epochs}, ~{epochs // 5} min on 2 cores)", flush=True)
         if subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config),
-                           "--epochs", str(epochs), "--out", str(vit)]).returncode != 0:
+                           "--arch", arch, "--epochs", str(epochs), "--out", str(encoder)]).returncode != 0:
             print("error: bench/pretrain_perception.py failed (its output is above)", file=sys.stderr)
             return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])

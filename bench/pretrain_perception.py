@@ -41,12 +41,26 @@ sys.path.insert(0, str(REPO))
 from reid.config import EncoderConfig, load_config  # noqa: E402
 from reid.data import prepare_root  # noqa: E402
 from reid.data.transforms import EvalTransform, TrainTransform, load_image  # noqa: E402
-from reid.model.encoders import build_image_encoder  # noqa: E402
+from reid.model.encoders import build_image_encoder, feature_width, image_features  # noqa: E402
 from reid.oracle import identity_values  # noqa: E402
 
 IDENTITY = ("gender", "age", "height", "build", "skin", "hair_style", "hair_colour", "beard")
 CLOTHING = ("upper_type", "upper_colour", "lower_type", "lower_colour")
 MEAN = STD = 0.5  # the trainer's pixel statistics for an encoder directory without preprocessor_config.json
+
+
+def small_resnet(cfg) -> torch.nn.Module:
+    """A Hugging Face ``ResNetModel`` of ResNet-18's shape at a fraction of its width (stem 32,
+    stages 32/64/W/W of two basic blocks, W the text encoder's width so that the model's image and
+    text features match): a convolutional encoder, translation-invariant, that the model loads from
+    a directory as it loads microsoft/resnet-50."""
+    from transformers import ResNetConfig, ResNetModel
+
+    from reid.model.encoders import preset_sizes
+
+    width = cfg.model.text_encoder.hidden or preset_sizes(cfg.model.text_encoder, "model.text_encoder").hidden
+    config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, width, width], depths=[2, 2, 2, 2], layer_type="basic")
+    return ResNetModel(config)
 
 
 def labels(entry: dict) -> dict[str, str]:
@@ -75,8 +89,8 @@ def val_table(predicted: dict[str, list[int]], classes: dict[str, list[str]], va
 
 @torch.no_grad()
 def features(encoder: torch.nn.Module, images: list[Image.Image], plain: EvalTransform) -> torch.Tensor:
-    """(N, H) [CLS] features of the eval-transformed images."""
-    return torch.cat([encoder(pixel_values=torch.stack([plain(img) for img in images[i:i + 256]])).last_hidden_state[:, 0]
+    """(N, H) features (the ViT's [CLS], the ResNet's pool) of the eval-transformed images."""
+    return torch.cat([image_features(encoder, torch.stack([plain(img) for img in images[i:i + 256]]))
                       for i in range(0, len(images), 256)])
 
 
@@ -140,6 +154,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", choices=("vit", "resnet"), default="vit",
+                        help="vit: the config's model.image_encoder; resnet: a small Hugging Face ResNet "
+                             "(small_resnet), its feature as wide as the config's text encoder")
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-perception-vit"))
     parser.add_argument("--ranker-only", action="store_true",
                         help="do not train: load the encoder saved in --out and measure its perceived-fact ranker")
@@ -165,8 +182,8 @@ def main() -> int:
     target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
 
     torch.manual_seed(args.seed)
-    encoder = build_image_encoder(cfg.model.image_encoder, size)
-    width = encoder.config.hidden_size
+    encoder = build_image_encoder(cfg.model.image_encoder, size) if args.arch == "vit" else small_resnet(cfg)
+    width = feature_width(encoder)
     heads = torch.nn.ModuleDict({f: torch.nn.Linear(width, len(classes[f])) for f in facts})
     params = list(encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -183,8 +200,8 @@ def main() -> int:
         for step in range(steps_per_epoch):
             rows = order[step * args.batch_size:(step + 1) * args.batch_size]
             pixels = torch.stack([augment(train_x[i], rng) for i in rows])
-            cls = encoder(pixel_values=pixels).last_hidden_state[:, 0]
-            loss = sum(F.cross_entropy(heads[f](cls), target[f][rows]) for f in facts) / len(facts)
+            feats = image_features(encoder, pixels)
+            loss = sum(F.cross_entropy(heads[f](feats), target[f][rows]) for f in facts) / len(facts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -118,7 +118,9 @@ class EncoderConfig:
     # Local directory with config.json + weights; "" = build `preset` from scratch. Its config.json
     # model_type picks the encoder: vit (images) / bert (text), or CLIP: clip (a whole CLIP
     # directory, as downloaded: this encoder's tower is read from it), clip_vision_model,
-    # clip_text_model. Every tensor must fit, or loading stops naming the ones that do not.
+    # clip_text_model; or a CNN for images: resnet, convnext (its pooled last stage; any width: the
+    # branch projections take it to the text encoder's). Every tensor must fit, or loading stops
+    # naming the ones that do not.
     path: str = ""
     preset: Literal["tiny", "small", "base"] = "tiny"  # sizes when path is "": tiny (64-d, 2 layers), small (ViT-S), base (ViT-B / BERT-base)
     # ViT patch side of a preset image encoder; 0 = 16 (a loaded ViT keeps its own: setting it is an error)

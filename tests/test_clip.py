@@ -229,11 +229,12 @@ def test_mean_text_pooling_with_clip_is_an_error(clip_dir: Path) -> None:
                     vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
 
 
-def test_clip_projection_width_must_match_the_other_encoder(clip_dir: Path) -> None:
+def test_a_clip_image_tower_beside_a_text_encoder_of_another_width(clip_dir: Path) -> None:
     cfg = ModelConfig(image_encoder=EncoderConfig(path=str(clip_dir)), text_encoder=EncoderConfig(preset="tiny"))
-    with pytest.raises(ConfigError, match=r"model.image_encoder \(path '.*'\) has features of width 48 but "
-                                          r"model.text_encoder \(preset 'tiny'\) has 64"):
-        build_model(cfg, DisentangleConfig(), num_classes=CLASSES, image_size=(32, 32), vocab_size=50)
+    model = build_model(cfg, DisentangleConfig(), num_classes=CLASSES, image_size=(32, 32), vocab_size=50)
+    assert tuple(model.id_projection.weight.shape) == (64, PROJECTION)  # the projected image feature -> BERT's 64
+    with torch.no_grad():
+        assert model.eval().encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 256)
 
 
 # ----------------------------------------------------------------------------------- strict loading

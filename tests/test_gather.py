@@ -21,7 +21,7 @@ from reid.config import DisentangleConfig, ModelConfig
 from reid.data import keys as K
 from reid.distributed import DistContext, gather_with_grad
 from reid.losses import Criterion
-from reid.model import SyncBatchNorm1d, T2IReIDModel, convert_sync_batchnorm
+from reid.model import SyncBatchNorm1d, SyncBatchNorm2d, T2IReIDModel, convert_sync_batchnorm
 from reid.model.model import HeadSettings
 
 WORLD = 2
@@ -125,25 +125,30 @@ def _batchnorm_worker(rank: int, init_file: str, out_dir: str) -> None:
     _init(rank, init_file)
     try:
         results = {}
-        for momentum in (0.1, None):
-            bn, x, weights = _batchnorm_case(momentum)
+        for case in BN_CASES:
+            bn, x, weights = _batchnorm_case(*case)
             bn = convert_sync_batchnorm(bn)
-            assert isinstance(bn, SyncBatchNorm1d)
+            assert isinstance(bn, SyncBatchNorm1d if case[1] == 1 else SyncBatchNorm2d)
             rows = slice(rank * ROWS, (rank + 1) * ROWS)
-            results[momentum] = _batchnorm_run(bn, x[rows].clone(), weights[rows])
+            results[case] = _batchnorm_run(bn, x[rows].clone(), weights[rows])
         torch.save(results, Path(out_dir) / f"bn-{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _batchnorm_case(momentum: float | None) -> tuple[nn.BatchNorm1d, torch.Tensor, torch.Tensor]:
+# (momentum, dimensions): the heads' BatchNorm1d on (N, C), a ResNet encoder's BatchNorm2d on (N, C, H, W)
+BN_CASES = [(0.1, 1), (None, 1), (0.1, 2)]
+
+
+def _batchnorm_case(momentum: float | None, dims: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(3)
-    bn = nn.BatchNorm1d(5, momentum=momentum)
+    bn = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(5, momentum=momentum)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2.0)
         bn.bias.uniform_(-1.0, 1.0)
-    x = torch.randn(WORLD * ROWS, 5) * 3 + 2
-    return bn, x, torch.randn(WORLD * ROWS, 5)
+    shape = (WORLD * ROWS, 5) if dims == 1 else (WORLD * ROWS, 5, 3, 2)
+    x = torch.randn(shape) * 3 + 2
+    return bn, x, torch.randn(shape)
 
 
 def _batchnorm_run(bn: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> dict:
@@ -167,18 +172,18 @@ def test_gather_is_identity_without_process_group() -> None:
 def test_sync_batchnorm_matches_one_process_on_concatenated_batch(tmp_path: Path) -> None:
     _spawn(_batchnorm_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"bn-{r}.pt") for r in range(WORLD)]
-    for momentum in (0.1, None):
-        bn, x, weights = _batchnorm_case(momentum)
+    for case in BN_CASES:
+        bn, x, weights = _batchnorm_case(*case)
         ref = _batchnorm_run(bn, x.clone(), weights)
         close = dict(rtol=0, atol=1e-6)
-        torch.testing.assert_close(torch.cat([r[momentum]["y"] for r in ranks]), ref["y"], **close)
-        torch.testing.assert_close(torch.cat([r[momentum]["x_grad"] for r in ranks]), ref["x_grad"], **close)
+        torch.testing.assert_close(torch.cat([r[case]["y"] for r in ranks]), ref["y"], **close)
+        torch.testing.assert_close(torch.cat([r[case]["x_grad"] for r in ranks]), ref["x_grad"], **close)
         for r in ranks:  # every rank holds the global running statistics
-            torch.testing.assert_close(r[momentum]["mean"], ref["mean"], **close)
-            torch.testing.assert_close(r[momentum]["var"], ref["var"], **close)
+            torch.testing.assert_close(r[case]["mean"], ref["mean"], **close)
+            torch.testing.assert_close(r[case]["var"], ref["var"], **close)
         # each rank's affine gradient is its own rows' share; DDP sums/averages them
         for key in ("w_grad", "b_grad"):
-            torch.testing.assert_close(sum(r[momentum][key] for r in ranks), ref[key], rtol=0, atol=1e-5)
+            torch.testing.assert_close(sum(r[case][key] for r in ranks), ref[key], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["default", "seed"])

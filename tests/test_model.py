@@ -381,11 +381,19 @@ def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path: Path) -> No
         build_text_encoder(EncoderConfig(path=str(tmp_path / "bert")))
 
 
-def test_hidden_size_mismatch_names_both_encoders() -> None:
-    cfg = ModelConfig(image_encoder=EncoderConfig(preset="tiny"), text_encoder=EncoderConfig(preset="small"))
-    both = r"model.image_encoder \(preset 'tiny'\).*model.text_encoder \(preset 'small'\)"
-    with pytest.raises(ConfigError, match=both):
-        build_model(cfg, DisentangleConfig(), num_classes=CLASSES, image_size=SIZE, vocab_size=VOCAB)
+def test_image_features_of_another_width_reach_the_text_width_through_the_branch_projections() -> None:
+    """A 64-d image encoder beside a 96-d text encoder (as ResNet-50's 2048 beside BERT-base's 768):
+    id_projection and cloth_projection map 64 -> 96; everything after them is text-width."""
+    cfg = ModelConfig(image_encoder=EncoderConfig(preset="tiny"), text_encoder=EncoderConfig(preset="tiny", hidden=96))
+    model = tiny(every_term(), cfg)
+    assert model.hidden_size == 96
+    assert tuple(model.id_projection.weight.shape) == tuple(model.cloth_projection.weight.shape) == (96, 64)
+    assert model.shared_mlp.in_features == 96
+    batch = make_batch()
+    total, terms, _ = Criterion(every_term())(model(batch), batch)
+    total.backward()
+    assert torch.isfinite(total) and set(terms) >= {"info_nce", "cloth", "decouple"}
+    assert model.image_encoder.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------- strict loading

@@ -3,7 +3,7 @@
 from reid.model.fusion import AttentionGatedFusion, get_fusion_module
 from reid.model.grl import GradientReversal, grad_reverse
 from reid.model.model import ENCODER_PREFIXES, Needs, Scalar, T2IReIDModel, build_model
-from reid.model.norm import SyncBatchNorm1d, convert_sync_batchnorm
+from reid.model.norm import SyncBatchNorm1d, SyncBatchNorm2d, convert_sync_batchnorm
 
 __all__ = [
     "ENCODER_PREFIXES",
@@ -12,6 +12,7 @@ __all__ = [
     "Needs",
     "Scalar",
     "SyncBatchNorm1d",
+    "SyncBatchNorm2d",
     "T2IReIDModel",
     "build_model",
     "convert_sync_batchnorm",

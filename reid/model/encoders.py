@@ -1,4 +1,5 @@
-"""The Hugging Face encoders: a ViT or CLIP's vision tower for images, BERT or CLIP's text tower for text.
+"""The Hugging Face encoders: a ViT, CLIP's vision tower or a CNN (ResNet, ConvNeXt) for images,
+BERT or CLIP's text tower for text.
 
 Either loaded from a local directory (``local_files_only``: nothing is downloaded during training)
 or built from a size preset with random weights (tests, the synthetic default, benchmarks without
@@ -11,6 +12,12 @@ A CLIP tower is loaded with its projection (``CLIPVisionModelWithProjection`` /
 (``projection_dim`` wide, as IRRA uses them), the text pooled by transformers at the end-of-text
 token. What differs from ViT/BERT follows the directory: the patch size, the 77-token context, the
 tokenizer and the pixel statistics (its ``preprocessor_config.json``).
+
+A CNN directory (``model_type`` ``resnet`` or ``convnext``, e.g. microsoft/resnet-50,
+facebook/convnext-tiny-224) is loaded without its classifier; its feature is the globally pooled
+last stage (``pooler_output``, ``hidden_sizes[-1]`` wide). It takes any image size (no position
+table), has no [CLS] token, and its BatchNorm (ResNet) is synchronised across processes like the
+heads' (:mod:`reid.model.norm`).
 
 ``transformers`` is imported inside the builders: importing it costs several seconds on CPU, and
 code that only needs the model's types (or a spawned test process) should not pay for it.
@@ -57,15 +64,41 @@ PRESETS = {
 }
 
 
+CNN_TYPES = ("resnet", "convnext")  # image encoders whose feature is the pooled last stage
+
+
+def _model_type(encoder: nn.Module) -> str:
+    return str(getattr(getattr(encoder, "config", None), "model_type", ""))
+
+
 def is_clip(encoder: nn.Module) -> bool:
     """Whether ``encoder`` is a CLIP tower (its config's ``model_type`` is ``clip_*``)."""
-    return str(getattr(getattr(encoder, "config", None), "model_type", "")).startswith("clip")
+    return _model_type(encoder).startswith("clip")
+
+
+def is_cnn(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` is a CNN (ResNet, ConvNeXt) whose feature is ``pooler_output``."""
+    return _model_type(encoder) in CNN_TYPES
 
 
 def feature_width(encoder: nn.Module) -> int:
-    """Width of the feature the model reads: CLIP's ``projection_dim``, else ``hidden_size``."""
+    """Width of the feature the model reads: CLIP's ``projection_dim``, a CNN's last stage
+    (``hidden_sizes[-1]``), else ``hidden_size``."""
     config = encoder.config
-    return config.projection_dim if is_clip(encoder) else config.hidden_size
+    if is_clip(encoder):
+        return config.projection_dim
+    return config.hidden_sizes[-1] if is_cnn(encoder) else config.hidden_size
+
+
+def image_features(encoder: nn.Module, pixel_values: Tensor) -> Tensor:
+    """``(B, feature_width)`` image features: CLIP's projected [CLS] (``image_embeds``), a CNN's
+    globally pooled last stage (``pooler_output``), else the ViT's [CLS] token."""
+    out = encoder(pixel_values=pixel_values)
+    if is_clip(encoder):
+        return out.image_embeds
+    if is_cnn(encoder):
+        return out.pooler_output.flatten(1)  # ResNet pools to (B, C, 1, 1), ConvNeXt to (B, C)
+    return out.last_hidden_state[:, 0]
 
 
 def _check_patch_multiple(image_size: tuple[int, int], patch: int) -> None:
@@ -82,8 +115,9 @@ def _pair(value: int | list | tuple) -> tuple[int, int]:
 def build_image_encoder(
     cfg: EncoderConfig, image_size: tuple[int, int], where: str = "model.image_encoder"
 ) -> nn.Module:
-    """A ``ViTModel`` (no pooler) or a ``CLIPVisionModelWithProjection`` taking ``(B, 3, H, W)``
-    images of ``image_size = (H, W)``; a loaded one has its position embeddings resized to it."""
+    """A ``ViTModel`` (no pooler), a ``CLIPVisionModelWithProjection``, a ``ResNetModel`` or a
+    ``ConvNextModel`` taking ``(B, 3, H, W)`` images of ``image_size = (H, W)``; a loaded
+    transformer has its position embeddings resized to it."""
     from transformers import ViTConfig, ViTModel
 
     image_size = (int(image_size[0]), int(image_size[1]))
@@ -94,6 +128,8 @@ def build_image_encoder(
             encoder = load_strict(ViTModel, root, where, "image", add_pooling_layer=False)
             _check_patch_multiple(image_size, _pair(encoder.config.patch_size)[0])
             resize_position_embeddings(encoder, image_size)
+        elif kind in CNN_TYPES:
+            encoder = _load_cnn(root, kind, where, image_size)
         else:
             encoder = _load_clip_tower(root, kind, where, "image")
             _check_patch_multiple(image_size, _pair(encoder.config.patch_size)[0])
@@ -113,7 +149,29 @@ def build_image_encoder(
         )
         encoder = ViTModel(config, add_pooling_layer=False)
     if cfg.gradient_checkpointing:
+        if not encoder.supports_gradient_checkpointing:
+            raise ConfigError(
+                f"{where}.gradient_checkpointing: the {type(encoder).__name__} in '{cfg.path}' does not support "
+                "gradient checkpointing in transformers; set it to false"
+            )
         encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return encoder
+
+
+def _load_cnn(root: Path, kind: str, where: str, image_size: tuple[int, int]) -> nn.Module:
+    """A ``ResNetModel`` / ``ConvNextModel`` of a local directory (a ``...ForImageClassification``
+    checkpoint's ``classifier`` is left out), checked on a blank image of ``image_size``: the last
+    stage must keep at least one position."""
+    from transformers import ConvNextModel, ResNetModel
+
+    encoder = load_strict(ResNetModel if kind == "resnet" else ConvNextModel, root, where, "image", attn_implementation=None)
+    # Every stage but the first halves the side after the stem's /4: the last one sees side / 2**(stages + 1).
+    stride = 2 ** (len(encoder.config.depths) + 1)
+    if min(image_size) < stride:
+        raise ConfigError(
+            f"data.image_size: {tuple(image_size)} is smaller than the {kind} in {where}.path ('{root}') "
+            f"reduces to one position ({stride} pixels per side)"
+        )
     return encoder
 
 
@@ -289,13 +347,19 @@ def align_end_of_text(encoder: nn.Module, eos_token_id: int | None, where: str) 
 
 def encoders_from_configs(image_config, text_config) -> tuple[nn.Module, nn.Module]:
     """The encoders, with random weights, of saved Hugging Face configs (an export's encoders/):
-    ViT or CLIP vision tower, BERT or CLIP text tower, with the shapes their weights were saved with."""
-    from transformers import BertModel, CLIPTextModelWithProjection, ViTModel
+    ViT, CLIP vision tower, ResNet or ConvNeXt; BERT or CLIP text tower; with the shapes their
+    weights were saved with."""
+    from transformers import BertModel, CLIPTextModelWithProjection, ConvNextModel, ResNetModel, ViTModel
 
-    image_config._attn_implementation = "sdpa"
+    if image_config.model_type not in CNN_TYPES:  # a CNN has no attention
+        image_config._attn_implementation = "sdpa"
     text_config._attn_implementation = "sdpa"
     if image_config.model_type == "clip_vision_model":
         image = _clip_vision_from_config(image_config)
+    elif image_config.model_type == "resnet":
+        image = ResNetModel(image_config)
+    elif image_config.model_type == "convnext":
+        image = ConvNextModel(image_config)
     else:
         image = ViTModel(image_config, add_pooling_layer=False)
     if text_config.model_type == "clip_text_model":

@@ -20,7 +20,7 @@ from torch import nn
 from reid.errors import ConfigError, MissingWeightsError
 
 # The model types each encoder accepts, and the builder path each one takes.
-ACCEPTED = {"image": ("vit", "clip", "clip_vision_model"), "text": ("bert", "clip", "clip_text_model")}
+ACCEPTED = {"image": ("vit", "clip", "clip_vision_model", "resnet", "convnext"), "text": ("bert", "clip", "clip_text_model")}
 EXAMPLES = {"image": "google/vit-base-patch16-224", "text": "google-bert/bert-base-uncased"}
 # Heads of the usual checkpoints that our encoders leave out: the pooler (built without), the
 # classifier of google/vit-base-patch16-224 (a ViTForImageClassification) and the pre-training
@@ -64,7 +64,9 @@ def model_type(root: Path, where: str, kind: str) -> str:
 def load_strict(cls: type, root: Path, where: str, kind: str, *, tolerated: tuple[str, ...] = (), **kwargs) -> nn.Module:
     """``cls.from_pretrained(root, **kwargs)`` that raises unless every tensor fits (module docstring).
 
-    ``tolerated``: name prefixes, besides :data:`HEADS`, that the directory may hold unused.
+    ``tolerated``: name prefixes, besides :data:`HEADS`, that the directory may hold unused. Attention
+    is PyTorch's SDPA unless ``attn_implementation`` says otherwise (``None`` for a model without
+    attention, as a CNN).
     """
     from transformers.utils import logging as hf_logging
 
@@ -74,8 +76,8 @@ def load_strict(cls: type, root: Path, where: str, kind: str, *, tolerated: tupl
     report.addFilter(_drop_load_report)
     try:
         encoder, info = cls.from_pretrained(
-            str(root), local_files_only=True, attn_implementation="sdpa", output_loading_info=True,
-            ignore_mismatched_sizes=True, **kwargs,
+            str(root), local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
+            **{"attn_implementation": "sdpa", **kwargs},
         )
     except OSError as exc:  # e.g. config.json present but no weight file
         raise MissingWeightsError(

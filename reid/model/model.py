@@ -39,6 +39,7 @@ from reid.model.encoders import (
     describe,
     encoders_from_configs,
     feature_width,
+    image_features,
     is_clip,
 )
 from reid.model.fusion import get_fusion_module
@@ -159,6 +160,7 @@ class T2IReIDModel(nn.Module):
         heads: HeadSettings,
         num_classes: int,
         pad_token_id: int = 0,
+        image_width: int | None = None,
     ) -> None:
         super().__init__()
         needs = self.needs = heads.needs
@@ -167,11 +169,13 @@ class T2IReIDModel(nn.Module):
                 "disentangle.loss_weights.fusion_match: > 0 needs a fusion module, "
                 "but model.fusion.type is 'none'"
             )
-        H, C = hidden_size, num_classes
+        # H: the text encoder's feature width, which shared_mlp reads; the image feature (image_width
+        # wide, H unless told) reaches H through the branch projections, as a CLIP tower's projection does
+        H, C, W = hidden_size, num_classes, image_width or hidden_size
         self.hidden_size = hidden_size
         self.pad_token_id = pad_token_id
         self.text_pool = cfg.text_pool
-        self.image_is_clip, self.text_is_clip = is_clip(image_encoder), is_clip(text_encoder)
+        self.text_is_clip = is_clip(text_encoder)
         self.grl_on_branch = heads.grl_on_branch
         self.cloth_encoder_grad = cfg.cloth_encoder_grad
         # The GRL strength, a Python float (forward never syncs): the trainer sets it at the start of
@@ -180,9 +184,9 @@ class T2IReIDModel(nn.Module):
 
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.id_projection = nn.Linear(H, H)
+        self.id_projection = nn.Linear(W, H)
         self.id_classifier = nn.Linear(H, C) if needs.id_logits else None
-        self.cloth_projection = nn.Linear(H, H) if needs.cloth_branch else None
+        self.cloth_projection = nn.Linear(W, H) if needs.cloth_branch else None
         self.cloth_classifier = nn.Linear(H, C) if needs.adversary else None
         # id_adv: reads clothing from the identity features, into the text embedding space
         self.id_adversary = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, cfg.embed_dim)) if needs.id_adversary else None
@@ -329,9 +333,7 @@ class T2IReIDModel(nn.Module):
         return {"image_embeds": image, "cloth_image_embeds": cloth}
 
     def _image_features(self, images: Tensor) -> Tensor:
-        if self.image_is_clip:
-            return self.image_encoder(pixel_values=images).image_embeds  # (B, P) projected [CLS]
-        return self.image_encoder(pixel_values=images).last_hidden_state[:, 0]  # (B, H) [CLS]
+        return image_features(self.image_encoder, images)  # (B, H): [CLS], CLIP's projection or a CNN's pool
 
     def _image_head(self, x: Tensor) -> Tensor:
         return F.normalize(self.image_mlp(self.shared_mlp(x)), dim=-1)
@@ -446,19 +448,15 @@ def build_model(
     else:
         image_encoder = build_image_encoder(cfg.image_encoder, image_size)
         text_encoder = build_text_encoder(cfg.text_encoder, vocab_size=vocab_size, pad_token_id=pad_token_id)
-    image_name, text_name = describe(cfg.image_encoder, "model.image_encoder"), describe(cfg.text_encoder, "model.text_encoder")
+    text_name = describe(cfg.text_encoder, "model.text_encoder")
     h_img, h_txt = feature_width(image_encoder), feature_width(text_encoder)
-    if h_img != h_txt:
-        raise ConfigError(
-            f"{image_name} has features of width {h_img} but {text_name} has {h_txt} (hidden_size, or "
-            "CLIP's projection_dim); they must match because shared_mlp is shared by both modalities"
-        )
     pad = _fit_text_encoder(text_encoder, cfg.text_pool, text_name, pad_token_id=pad_token_id,
                             eos_token_id=eos_token_id, text_max_length=text_max_length)
     model = T2IReIDModel(
         image_encoder,
         text_encoder,
-        hidden_size=h_img,
+        hidden_size=h_txt,
+        image_width=h_img,  # id_projection / cloth_projection map it to h_txt when they differ
         cfg=cfg,
         heads=HeadSettings.of(dcfg),  # the one place the loss config reaches the model
         num_classes=num_classes,

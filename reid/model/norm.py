@@ -2,10 +2,11 @@
 
 torch's ``nn.SyncBatchNorm`` refuses CPU tensors ("SyncBatchNorm expected input tensor to be on
 GPU"), and DeepSpeed never synchronises buffers, so with plain BatchNorm1d each rank normalises with
-its own statistics and a 2-rank run cannot match a 1-rank run. :class:`SyncBatchNorm1d` sums
-``[sum x, sum x^2, count]`` over ranks with one differentiable all_reduce per call (in float64, so
-the one-pass variance loses nothing to cancellation) and normalises with the global statistics.
-Outside training, or with one process, it *is* ``nn.BatchNorm1d``.
+its own statistics and a 2-rank run cannot match a 1-rank run. :class:`SyncBatchNorm1d` (the heads)
+and :class:`SyncBatchNorm2d` (a ResNet image encoder) sum ``[sum x, sum x^2, count]`` over ranks
+with one differentiable all_reduce per call (in float64, so the one-pass variance loses nothing to
+cancellation) and normalise with the global statistics. Outside training, or with one process, each
+*is* the ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` it replaces.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from torch import Tensor, nn
 from reid.distributed import all_reduce_with_grad, world_size
 
 
-class SyncBatchNorm1d(nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` with statistics over all ranks in training mode (same state dict)."""
+class _GlobalStatistics:
+    """Training-mode statistics over all ranks, for a subclass of ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or world_size() == 1:
@@ -26,7 +27,7 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
 
     def _global_forward(self, x: Tensor) -> Tensor:
         channels = x.shape[1]
-        dims = [0, *range(2, x.dim())]  # (B, C) or (B, C, L): statistics per channel
+        dims = [0, *range(2, x.dim())]  # (B, C), (B, C, L) or (B, C, H, W): statistics per channel
         shape = [1, channels] + [1] * (x.dim() - 2)
         xd = x.double()
         count = torch.full((1,), x.numel() // channels, dtype=torch.float64, device=x.device)
@@ -53,15 +54,28 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
         self.running_var.lerp_(unbiased_var.to(dtype), factor)
 
 
+class SyncBatchNorm1d(_GlobalStatistics, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` with statistics over all ranks in training mode (same state dict)."""
+
+
+class SyncBatchNorm2d(_GlobalStatistics, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with statistics over all ranks in training mode (same state dict)."""
+
+
+SYNCED = {nn.BatchNorm1d: SyncBatchNorm1d, nn.BatchNorm2d: SyncBatchNorm2d}
+
+
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm1d`` in ``module`` by :class:`SyncBatchNorm1d` (in place).
+    """Replace every ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` in ``module`` by its synchronised
+    class (:data:`SYNCED`), in place.
 
     Parameters and buffers are shared, not copied (an optimizer built before still points at
     them), and the state-dict keys do not change. Returns ``module`` (or its replacement when
-    ``module`` itself is a BatchNorm1d). Converting twice is harmless.
+    ``module`` itself is a BatchNorm). Converting twice is harmless.
     """
-    if type(module) is nn.BatchNorm1d:
-        sync = SyncBatchNorm1d(
+    synced = SYNCED.get(type(module))
+    if synced is not None:
+        sync = synced(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
         if module.affine:
