@@ -1,7 +1,7 @@
 """Give the benchmark's tiny ViT the perception a pretrained encoder brings to real data.
 
     python bench/pretrain_perception.py [--config configs/synthetic_cc.yaml] [--epochs 30]
-        [--out /tmp/reid-perception-vit]
+        [--arch vit|resnet] [--out /tmp/reid-perception-vit]
 
 On CUHK-PEDES the image encoder starts from weights (ViT, CLIP) that already see people: gender,
 build, hair, garments. The clothing-change benchmark's from-scratch 64-d ViT never learns the shape
@@ -16,6 +16,10 @@ chance rate: how well this encoder can perceive each fact at all when asked dire
 perceive more (``--epochs 100``: gender 84.6 and hair style 57.5 against 77.6 and 49.8 after 30;
 docs/ablation.md); ``bench/fact_visibility.py`` asks a small CNN the same, to tell what the pixels
 show from what this ViT learns.
+
+``--arch resnet`` trains a small Hugging Face ResNet (:func:`small_resnet`) instead, saved as a
+``resnet`` directory that the model loads as it loads microsoft/resnet-50: a convolutional encoder
+learns hair style, which the ViT does not (docs/ablation.md).
 
 The encoder learns clothing as well as identity, as a pretrained one does: which of the two the
 identity embedding then keeps is left to the model's objectives.
