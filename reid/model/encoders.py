@@ -160,8 +160,8 @@ def build_image_encoder(
 
 def _load_cnn(root: Path, kind: str, where: str, image_size: tuple[int, int]) -> nn.Module:
     """A ``ResNetModel`` / ``ConvNextModel`` of a local directory (a ``...ForImageClassification``
-    checkpoint's ``classifier`` is left out), checked on a blank image of ``image_size``: the last
-    stage must keep at least one position."""
+    checkpoint's ``classifier`` is left out); ``image_size`` must leave its last stage at least one
+    position per side."""
     from transformers import ConvNextModel, ResNetModel
 
     encoder = load_strict(ResNetModel if kind == "resnet" else ConvNextModel, root, where, "image", attn_implementation=None)
