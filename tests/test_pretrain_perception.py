@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from reid.config import EncoderConfig
-from reid.model.encoders import build_image_encoder
+from reid.model.encoders import build_image_encoder, feature_width
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow  # trains an epoch of the ViT in a subprocess
-def test_the_saved_encoder_loads_and_every_fact_is_reported(synth_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "vit"
+@pytest.mark.slow  # trains an epoch of the encoder in a subprocess
+@pytest.mark.parametrize("arch", ["vit", "resnet"])
+def test_the_saved_encoder_loads_and_every_fact_is_reported(arch: str, synth_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / arch
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--epochs", "1",
-                           "--batch-size", "16", "--out", str(out), f"data.root={synth_root}",
+                           "--arch", arch, "--batch-size", "16", "--out", str(out), f"data.root={synth_root}",
                            f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,7 +30,10 @@ def test_the_saved_encoder_loads_and_every_fact_is_reported(synth_root: Path, tm
                                   "upper_type", "upper_colour", "lower_type", "lower_colour"}
     assert all(0 <= v["accuracy"] <= 100 and 0 < v["chance"] <= 100 for v in report["val"].values())
     encoder = build_image_encoder(EncoderConfig(path=str(out)), (128, 64))  # strict loading: every tensor fits
-    assert encoder.config.hidden_size == 64 and encoder.config.num_hidden_layers == 4  # synthetic_cc.yaml's ViT
+    if arch == "vit":
+        assert encoder.config.hidden_size == 64 and encoder.config.num_hidden_layers == 4  # synthetic_cc.yaml's ViT
+    else:  # its feature as wide as synthetic_cc.yaml's text encoder
+        assert encoder.config.model_type == "resnet" and feature_width(encoder) == 64
     ranker = report["perceived_ranker"]  # the attribute ranker on the encoder's perception, test split
     assert set(ranker) == {"standard", "clothing_change"}
     assert all(0 <= m["R1"] <= 100 and 0 < m["oracle_R1"] <= 100 for m in ranker.values())
