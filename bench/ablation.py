@@ -36,7 +36,7 @@ W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
 # The benchmark's ViT after bench/pretrain_perception.py taught it to read every drawn fact on the train
 # split, for 30 epochs (the first perceiving encoder) or 100 (it perceives more: docs/ablation.md); and
-# a small ResNet taught the same for 60 epochs (a CNN perceives hair style, which the ViT does not learn)
+# a small ResNet taught the same for 60 epochs (it reads hair style barely better than the ViT: docs/ablation.md)
 PERCEPTION_VIT = Path("/tmp/reid-perception-vit")
 PERCEPTION_VIT_LONG = Path("/tmp/reid-perception-vit-e100")
 PERCEPTION_RESNET = Path("/tmp/reid-perception-resnet")
@@ -71,6 +71,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving100_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING_LONG], "`perceiving100_cloth_detached` + `id_adv` 0.2"),
     "perceiving100_cloth_detached_eraser": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", *PERCEIVING_LONG], "`perceiving100_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
     "perceiving100_cloth_detached_eraser_e40": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", "train.epochs=40", *PERCEIVING_LONG], "`perceiving100_cloth_detached_eraser` trained 40 epochs (24 in the config)"),
+    "perceiving100_plain": ([*OFF, "data.id_text=full", "eval.standard=full", *PERCEIVING_LONG], "no disentanglement at all, as IRRA trains: the identity branch on the whole caption, no clothing terms, the standard mode the full caption against the identity embedding; from the ViT perceiving after 100 epochs"),
     "resnet_no_disentangle": ([*OFF, *RESNET], "`no_disentangle` from the perceiving ResNet (`bench/pretrain_perception.py --arch resnet`)"),
     "resnet_cloth_detached": ([*DETACHED, *RESNET], "`perceiving_cloth_detached` from the perceiving ResNet"),
     "resnet_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *RESNET], "`resnet_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),

@@ -18,8 +18,9 @@ docs/ablation.md); ``bench/fact_visibility.py`` asks a small CNN the same, to te
 show from what this ViT learns.
 
 ``--arch resnet`` trains a small Hugging Face ResNet (:func:`small_resnet`) instead, saved as a
-``resnet`` directory that the model loads as it loads microsoft/resnet-50: a convolutional encoder
-learns hair style, which the ViT does not (docs/ablation.md).
+``resnet`` directory that the model loads as it loads microsoft/resnet-50. Measured: after 60
+epochs it reads hair style at 61.6 (the ViT after 100: 57.5; a small CNN without the ResNet stem's
+stride 4: 75.7), so it is no better a stand-in for a pretrained encoder (docs/ablation.md).
 
 The encoder learns clothing as well as identity, as a pretrained one does: which of the two the
 identity embedding then keeps is left to the model's objectives.
@@ -55,8 +56,7 @@ MEAN = STD = 0.5  # the trainer's pixel statistics for an encoder directory with
 
 def small_resnet(cfg) -> torch.nn.Module:
     """A Hugging Face ``ResNetModel`` of ResNet-18's shape at a fraction of its width (stem 32,
-    stages 32/64/W/W of two basic blocks, W the text encoder's width so that the model's image and
-    text features match): a convolutional encoder, translation-invariant, that the model loads from
+    stages 32/64/W/W of two basic blocks, W the text encoder's width): a convolutional encoder, translation-invariant, that the model loads from
     a directory as it loads microsoft/resnet-50."""
     from transformers import ResNetConfig, ResNetModel
 
