@@ -50,6 +50,7 @@ def _perceiving(vit: Path) -> list[str]:
 PERCEIVING, PERCEIVING_LONG = _perceiving(PERCEPTION_VIT), _perceiving(PERCEPTION_VIT_LONG)
 RESNET = _perceiving(PERCEPTION_RESNET)
 DETACHED = ["model.cloth_heads=separate", "model.cloth_encoder_grad=false"]
+PLAIN = ["data.id_text=full", "eval.standard=full"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
     "full": ([], "the benchmark config: the seven terms"),
     "no_disentangle": (OFF, "`cloth`, `cloth_adv`, `cloth_match`, `decouple`, `id_adv` all 0"),
@@ -71,7 +72,8 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving100_cloth_detached_id_adv": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", f"{W}.id_adv=0.2", *PERCEIVING_LONG], "`perceiving100_cloth_detached` + `id_adv` 0.2"),
     "perceiving100_cloth_detached_eraser": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", *PERCEIVING_LONG], "`perceiving100_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
     "perceiving100_cloth_detached_eraser_e40": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false", "model.clothing_eraser.rank=16", "train.epochs=40", *PERCEIVING_LONG], "`perceiving100_cloth_detached_eraser` trained 40 epochs (24 in the config)"),
-    "perceiving100_plain": ([*OFF, "data.id_text=full", "eval.standard=full", *PERCEIVING_LONG], "no disentanglement at all, as IRRA trains: the identity branch on the whole caption, no clothing terms, the standard mode the full caption against the identity embedding; from the ViT perceiving after 100 epochs"),
+    "plain": ([*OFF, *PLAIN], "no disentanglement at all, as IRRA trains: the identity branch on the whole caption, no clothing terms, the standard mode the full caption against the identity embedding"),
+    "perceiving100_plain": ([*OFF, *PLAIN, *PERCEIVING_LONG], "`plain` from the ViT perceiving after 100 epochs"),
     "resnet_no_disentangle": ([*OFF, *RESNET], "`no_disentangle` from the perceiving ResNet (`bench/pretrain_perception.py --arch resnet`)"),
     "resnet_cloth_detached": ([*DETACHED, *RESNET], "`perceiving_cloth_detached` from the perceiving ResNet"),
     "resnet_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *RESNET], "`resnet_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
