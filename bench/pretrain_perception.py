@@ -1,7 +1,7 @@
 """Give the benchmark's tiny ViT the perception a pretrained encoder brings to real data.
 
     python bench/pretrain_perception.py [--config configs/synthetic_cc.yaml] [--epochs 30]
-        [--arch vit|resnet] [--out /tmp/reid-perception-vit]
+        [--arch vit|resnet|convnext] [--out /tmp/reid-perception-vit]
 
 On CUHK-PEDES the image encoder starts from weights (ViT, CLIP) that already see people: gender,
 build, hair, garments. The clothing-change benchmark's from-scratch 64-d ViT never learns the shape
@@ -21,6 +21,8 @@ show from what this ViT learns.
 ``resnet`` directory that the model loads as it loads microsoft/resnet-50. Measured: after 60
 epochs it reads hair style at 61.6 (the ViT after 100: 57.5; a small CNN without the ResNet stem's
 stride 4: 75.7), so it is no better a stand-in for a pretrained encoder (docs/ablation.md).
+``--arch convnext`` trains a small ConvNeXt with 2×2 patches (:func:`small_convnext`), which keeps
+that detail but learns slowly on a CPU (20 epochs: still at chance on hair style).
 
 The encoder learns clothing as well as identity, as a pretrained one does: which of the two the
 identity embedding then keeps is left to the model's objectives.
@@ -65,6 +67,22 @@ def small_resnet(cfg) -> torch.nn.Module:
     width = cfg.model.text_encoder.hidden or preset_sizes(cfg.model.text_encoder, "model.text_encoder").hidden
     config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, width, width], depths=[2, 2, 2, 2], layer_type="basic")
     return ResNetModel(config)
+
+
+def small_convnext(cfg) -> torch.nn.Module:
+    """A Hugging Face ``ConvNextModel`` with a gentle stem (2×2 patches, where ConvNeXt-T uses 4×4 and
+    the ResNet a stride-4 stem), stages 32/64/W/W of 1/1/2/1 blocks: fine detail such as hair style
+    survives the first layer."""
+    from transformers import ConvNextConfig, ConvNextModel
+
+    from reid.model.encoders import preset_sizes
+
+    width = cfg.model.text_encoder.hidden or preset_sizes(cfg.model.text_encoder, "model.text_encoder").hidden
+    config = ConvNextConfig(patch_size=2, num_stages=4, hidden_sizes=[32, 64, width, width], depths=[1, 1, 2, 1])
+    return ConvNextModel(config)
+
+
+ARCHS = {"resnet": small_resnet, "convnext": small_convnext}
 
 
 def labels(entry: dict) -> dict[str, str]:
@@ -158,9 +176,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arch", choices=("vit", "resnet"), default="vit",
-                        help="vit: the config's model.image_encoder; resnet: a small Hugging Face ResNet "
-                             "(small_resnet), its feature as wide as the config's text encoder")
+    parser.add_argument("--arch", choices=("vit", *ARCHS), default="vit",
+                        help="vit: the config's model.image_encoder; resnet / convnext: a small Hugging Face "
+                             "ResNet (small_resnet) or ConvNeXt (small_convnext), its feature as wide as the "
+                             "config's text encoder")
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-perception-vit"))
     parser.add_argument("--ranker-only", action="store_true",
                         help="do not train: load the encoder saved in --out and measure its perceived-fact ranker")
@@ -186,7 +205,7 @@ def main() -> int:
     target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
 
     torch.manual_seed(args.seed)
-    encoder = build_image_encoder(cfg.model.image_encoder, size) if args.arch == "vit" else small_resnet(cfg)
+    encoder = build_image_encoder(cfg.model.image_encoder, size) if args.arch == "vit" else ARCHS[args.arch](cfg)
     width = feature_width(encoder)
     heads = torch.nn.ModuleDict({f: torch.nn.Linear(width, len(classes[f])) for f in facts})
     params = list(encoder.parameters()) + list(heads.parameters())

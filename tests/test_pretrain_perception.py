@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow  # trains an epoch of the encoder in a subprocess
-@pytest.mark.parametrize("arch", ["vit", "resnet"])
+@pytest.mark.parametrize("arch", ["vit", "resnet", "convnext"])
 def test_the_saved_encoder_loads_and_every_fact_is_reported(arch: str, synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / arch
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--epochs", "1",
@@ -33,7 +33,7 @@ def test_the_saved_encoder_loads_and_every_fact_is_reported(arch: str, synth_roo
     if arch == "vit":
         assert encoder.config.hidden_size == 64 and encoder.config.num_hidden_layers == 4  # synthetic_cc.yaml's ViT
     else:  # its feature as wide as synthetic_cc.yaml's text encoder
-        assert encoder.config.model_type == "resnet" and feature_width(encoder) == 64
+        assert encoder.config.model_type == arch and feature_width(encoder) == 64
     ranker = report["perceived_ranker"]  # the attribute ranker on the encoder's perception, test split
     assert set(ranker) == {"standard", "clothing_change"}
     assert all(0 <= m["R1"] <= 100 and 0 < m["oracle_R1"] <= 100 for m in ranker.values())
