@@ -56,15 +56,20 @@ CLOTHING = ("upper_type", "upper_colour", "lower_type", "lower_colour")
 MEAN = STD = 0.5  # the trainer's pixel statistics for an encoder directory without preprocessor_config.json
 
 
-def small_resnet(cfg) -> torch.nn.Module:
-    """A Hugging Face ``ResNetModel`` of ResNet-18's shape at a fraction of its width (stem 32,
-    stages 32/64/W/W of two basic blocks, W the text encoder's width): a convolutional encoder, translation-invariant, that the model loads from
-    a directory as it loads microsoft/resnet-50."""
-    from transformers import ResNetConfig, ResNetModel
-
+def _text_width(cfg) -> int:
+    """The config's text encoder width, which the small CNNs' last stages take."""
     from reid.model.encoders import preset_sizes
 
-    width = cfg.model.text_encoder.hidden or preset_sizes(cfg.model.text_encoder, "model.text_encoder").hidden
+    return cfg.model.text_encoder.hidden or preset_sizes(cfg.model.text_encoder, "model.text_encoder").hidden
+
+
+def small_resnet(cfg) -> torch.nn.Module:
+    """A Hugging Face ``ResNetModel`` of ResNet-18's shape at a fraction of its width (stem 32,
+    stages 32/64/W/W of two basic blocks, W the text encoder's width): a convolutional encoder,
+    translation-invariant, that the model loads from a directory as it loads microsoft/resnet-50."""
+    from transformers import ResNetConfig, ResNetModel
+
+    width = _text_width(cfg)
     config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, width, width], depths=[2, 2, 2, 2], layer_type="basic")
     return ResNetModel(config)
 
@@ -75,9 +80,7 @@ def small_convnext(cfg) -> torch.nn.Module:
     survives the first layer."""
     from transformers import ConvNextConfig, ConvNextModel
 
-    from reid.model.encoders import preset_sizes
-
-    width = cfg.model.text_encoder.hidden or preset_sizes(cfg.model.text_encoder, "model.text_encoder").hidden
+    width = _text_width(cfg)
     config = ConvNextConfig(patch_size=2, num_stages=4, hidden_sizes=[32, 64, width, width], depths=[1, 1, 2, 1])
     return ConvNextModel(config)
 
