@@ -89,7 +89,6 @@ def bench(name: str, device: torch.device, chunk_size: int) -> None:
             f"chunk={chunk_size:<5d} {seconds:8.3f} s  peak extra {extra_mib:8.1f} MiB  "
             f"R1={result['R1']:.2f} mAP={result['mAP']:.2f}"
         )
-    del similarity
 
 
 def main() -> None:
