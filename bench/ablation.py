@@ -36,11 +36,17 @@ W = "disentangle.loss_weights"
 OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=0", f"{W}.id_adv=0"]
 # The benchmark's ViT after bench/pretrain_perception.py taught it to read every drawn fact on the train
 # split, for 30 epochs (the first perceiving encoder) or 100 (it perceives more: docs/ablation.md); and
-# a small ResNet taught the same for 60 epochs (it reads hair style barely better than the ViT: docs/ablation.md)
+# a small ResNet taught the same for 60 epochs (it reads hair style barely better than the ViT: docs/ablation.md);
+# and the ViT taught on 5,000 *other* synthetic people (seed 1, none of the benchmark's), as a real
+# encoder is pretrained on other people's images, for 20 epochs (as many steps as the 100 above)
 PERCEPTION_VIT = Path("/tmp/reid-perception-vit")
 PERCEPTION_VIT_LONG = Path("/tmp/reid-perception-vit-e100")
 PERCEPTION_RESNET = Path("/tmp/reid-perception-resnet")
-PERCEPTION_EPOCHS = {PERCEPTION_VIT: ("vit", 30), PERCEPTION_VIT_LONG: ("vit", 100), PERCEPTION_RESNET: ("resnet", 60)}
+PERCEPTION_VIT_5K = Path("/tmp/reid-perception-vit-n5000")
+OTHER_PEOPLE = ["data.synthetic.num_ids=5000", "data.synthetic.seed=1"]
+PERCEPTION = {  # encoder directory -> (arch, epochs, overrides of the config: what it learns from)
+    PERCEPTION_VIT: ("vit", 30, []), PERCEPTION_VIT_LONG: ("vit", 100, []), PERCEPTION_RESNET: ("resnet", 60, []),
+    PERCEPTION_VIT_5K: ("vit", 20, OTHER_PEOPLE)}
 
 
 def _perceiving(vit: Path) -> list[str]:
@@ -48,7 +54,7 @@ def _perceiving(vit: Path) -> list[str]:
 
 
 PERCEIVING, PERCEIVING_LONG = _perceiving(PERCEPTION_VIT), _perceiving(PERCEPTION_VIT_LONG)
-RESNET = _perceiving(PERCEPTION_RESNET)
+RESNET, PERCEIVING_5K = _perceiving(PERCEPTION_RESNET), _perceiving(PERCEPTION_VIT_5K)
 DETACHED = ["model.cloth_heads=separate", "model.cloth_encoder_grad=false"]
 PLAIN = ["data.id_text=full", "eval.standard=full"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
@@ -77,6 +83,9 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "resnet_no_disentangle": ([*OFF, *RESNET], "`no_disentangle` from the perceiving ResNet (`bench/pretrain_perception.py --arch resnet`)"),
     "resnet_cloth_detached": ([*DETACHED, *RESNET], "`perceiving_cloth_detached` from the perceiving ResNet"),
     "resnet_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *RESNET], "`resnet_cloth_detached` with the clothing eraser (rank 16) refit before every val evaluation in training"),
+    "perceiving5k_no_disentangle": ([*OFF, *PERCEIVING_5K], "`no_disentangle` from the ViT pretrained on 5,000 other people"),
+    "perceiving5k_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *PERCEIVING_5K], "`perceiving100_cloth_detached_eraser` from the ViT pretrained on 5,000 other people"),
+    "perceiving5k_plain": ([*OFF, *PLAIN, *PERCEIVING_5K], "`plain` from the ViT pretrained on 5,000 other people"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
@@ -253,14 +262,15 @@ def main() -> int:
     if not config.is_file():
         print(f"error: --config: {args.config} does not exist", file=sys.stderr)
         return 2
-    for encoder, (arch, epochs) in PERCEPTION_EPOCHS.items():
+    for encoder, (arch, epochs, overrides) in PERCEPTION.items():
         if args.no_train or (encoder / "config.json").is_file() or \
                 not any(_perceiving(encoder)[0] in VARIANTS[v][0] for v in args.variants):
             continue
-        print(f"training the perceiving {arch} into {encoder} (bench/pretrain_perception.py --arch {arch} "
-              f"--epochs {epochs}, ~{epochs // 5} min on 2 cores)", flush=True)
+        argv = ["--arch", arch, "--epochs", str(epochs), "--out", str(encoder), *overrides]
+        print(f"training the perceiving {arch} into {encoder} (bench/pretrain_perception.py {shlex.join(argv)}; "
+              "6 to 20 min on 2 cores)", flush=True)
         if subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config),
-                           "--arch", arch, "--epochs", str(epochs), "--out", str(encoder)]).returncode != 0:
+                           *argv]).returncode != 0:
             print("error: bench/pretrain_perception.py failed (its output is above)", file=sys.stderr)
             return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
