@@ -319,11 +319,17 @@ def test_a_stop_by_signal_checkpoints_and_exits_0_and_resumes_exactly(work, whol
         launcher = _start(work, name, "data.num_workers=1")
         trainer = wait_for_child(launcher.pid, TRAIN)
         _wait_for_step(run, 3, launcher)
-        if how.startswith("Ctrl-C"):
-            os.killpg(launcher.pid, signal.SIGINT)
-        else:
-            launcher.send_signal({"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}[how.split()[0]])
-        launcher.wait(timeout=60)
+        # Hold the trainer until the launcher is gone: on a loaded machine a launcher that dies of
+        # KeyboardInterrupt can take longer to exit than the 19 tiny steps left take to run.
+        os.kill(trainer, signal.SIGSTOP)
+        try:
+            if how.startswith("Ctrl-C"):
+                os.killpg(launcher.pid, signal.SIGINT)
+            else:
+                launcher.send_signal({"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}[how.split()[0]])
+            launcher.wait(timeout=60)
+        finally:
+            os.kill(trainer, signal.SIGCONT)
         status = wait_status(trainer, timeout=120)
     out = (tmp / f"{name}.out").read_text()
     assert status == 0, out[-3000:]
