@@ -18,6 +18,7 @@ beside every clothing-change figure, and ``% oracle`` is the learned R1 as a sha
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -118,6 +119,23 @@ def accelerate(args: list[str], log: Path) -> None:
         proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}")
+
+
+def pretrain_once(encoder: Path, command: list[str], what: str) -> bool:
+    """Run ``command`` to save an encoder into ``encoder`` unless one is there (its config.json): under
+    a lock file beside it, so that drivers started side by side (one per seed) train it once and the
+    others wait for it. False when the command failed."""
+    encoder.parent.mkdir(parents=True, exist_ok=True)
+    with open(encoder.with_name(encoder.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another bench/ablation.py that is training {encoder}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (encoder / "config.json").is_file():
+            return True
+        print(f"training {what} into {encoder}", flush=True)
+        return subprocess.run(command).returncode == 0
 
 
 def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool) -> dict:
@@ -263,14 +281,12 @@ def main() -> int:
         print(f"error: --config: {args.config} does not exist", file=sys.stderr)
         return 2
     for encoder, (arch, epochs, overrides) in PERCEPTION.items():
-        if args.no_train or (encoder / "config.json").is_file() or \
-                not any(_perceiving(encoder)[0] in VARIANTS[v][0] for v in args.variants):
+        if args.no_train or not any(_perceiving(encoder)[0] in VARIANTS[v][0] for v in args.variants):
             continue
         argv = ["--arch", arch, "--epochs", str(epochs), "--out", str(encoder), *overrides]
-        print(f"training the perceiving {arch} into {encoder} (bench/pretrain_perception.py {shlex.join(argv)}; "
-              "6 to 20 min on 2 cores)", flush=True)
-        if subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config),
-                           *argv]).returncode != 0:
+        pretrain = [sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config), *argv]
+        if not pretrain_once(encoder, pretrain, f"the perceiving {arch} (bench/pretrain_perception.py "
+                                               f"{shlex.join(argv)}; 6 to 20 min on 2 cores)"):
             print("error: bench/pretrain_perception.py failed (its output is above)", file=sys.stderr)
             return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])

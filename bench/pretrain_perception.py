@@ -247,13 +247,15 @@ def main() -> int:
     feats = features(encoder, val_x, plain)
     report = {"command": "python bench/pretrain_perception.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
               "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start),
-              "val": val_table({f: heads[f](feats).argmax(1).tolist() for f in facts}, classes, val_y),
-              "perceived_ranker": perceived_ranker(encoder, root, factors, train_x, plain)}
-    print_ranker(report["perceived_ranker"])
+              "val": val_table({f: heads[f](feats).argmax(1).tolist() for f in facts}, classes, val_y)}
+    # saved before the ranker (minutes on a large test split): what the training made is kept whatever follows
     args.out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(args.out)
     (args.out / "perception.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out} (model.image_encoder.path={args.out})")
+    print(f"wrote {args.out} (model.image_encoder.path={args.out})", flush=True)
+    report["perceived_ranker"] = perceived_ranker(encoder, root, factors, train_x, plain)
+    print_ranker(report["perceived_ranker"])
+    (args.out / "perception.json").write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 
