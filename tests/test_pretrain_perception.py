@@ -37,11 +37,15 @@ def test_the_saved_encoder_loads_and_every_fact_is_reported(arch: str, synth_roo
     ranker = report["perceived_ranker"]  # the attribute ranker on the encoder's perception, test split
     assert set(ranker) == {"standard", "clothing_change"}
     assert all(0 <= m["R1"] <= 100 and 0 < m["oracle_R1"] <= 100 for m in ranker.values())
+    probes = report["test_probes"]  # its probes' accuracy on the test images, each identity fact the captions name
+    assert set(probes) == {"gender", "age", "height", "build", "skin", "hair_style", "hair_colour", "beard"}
+    assert all(0 <= m["accuracy"] <= 100 and 0 < m["chance"] <= 100 for m in probes.values())
     again = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--ranker-only", "--out",
                             str(out), f"data.root={synth_root}", f"data.cache_dir={tmp_path / 'cache'}"],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((out / "perception.json").read_text())["perceived_ranker"] == ranker  # the saved encoder's
+    again_report = json.loads((out / "perception.json").read_text())
+    assert again_report["perceived_ranker"] == ranker and again_report["test_probes"] == probes  # the saved encoder's
 
 
 def test_a_dataset_without_ground_truth_is_one_line(tmp_path: Path) -> None:
