@@ -1,7 +1,8 @@
 """Give the benchmark's tiny ViT the perception a pretrained encoder brings to real data.
 
     python bench/pretrain_perception.py [--config configs/synthetic_cc.yaml] [--epochs 30]
-        [--arch vit|resnet|convnext] [--out /tmp/reid-perception-vit] [--ranker-only] [key=value ...]
+        [--arch vit|resnet|convnext] [--out /tmp/reid-perception-vit] [--device auto|cpu|cuda]
+        [--ranker-only] [key=value ...]
 
 On CUHK-PEDES the image encoder starts from weights (ViT, CLIP) that already see people: gender,
 build, hair, garments. The clothing-change benchmark's from-scratch 64-d ViT never learns the shape
@@ -126,8 +127,10 @@ def val_table(predicted: dict[str, list[int]], classes: dict[str, list[str]], va
 
 @torch.no_grad()
 def features(encoder: torch.nn.Module, images: list[Image.Image], plain: EvalTransform) -> torch.Tensor:
-    """(N, H) features (the ViT's [CLS], the ResNet's pool) of the eval-transformed images."""
-    return torch.cat([image_features(encoder, torch.stack([plain(img) for img in images[i:i + 256]]))
+    """(N, H) features (the ViT's [CLS], the ResNet's pool) of the eval-transformed images, on the CPU
+    (computed on the encoder's device)."""
+    device = next(encoder.parameters()).device
+    return torch.cat([image_features(encoder, torch.stack([plain(img) for img in images[i:i + 256]]).to(device)).cpu()
                       for i in range(0, len(images), 256)])
 
 
@@ -175,7 +178,7 @@ def print_ranker(result: dict, probes: dict) -> None:
               f"(attribute oracle R1 {m['oracle_R1']:.1f})")
 
 
-def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.Image]) -> int:
+def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.Image], device: torch.device) -> int:
     """Measure the perceived-fact ranker of the encoder saved in ``out``; add it to its perception.json."""
     if not (out / "config.json").is_file():
         print(f"error: {out}: no saved encoder (config.json); train one first (without --ranker-only)", file=sys.stderr)
@@ -185,7 +188,7 @@ def ranker_only(out: Path, cfg, root: Path, factors: dict, train_x: list[Image.I
               f"{len(train_x)} train", file=sys.stderr)
         return 2
     size = tuple(cfg.data.image_size)
-    encoder = build_image_encoder(EncoderConfig(path=str(out)), size)  # the trainer's strict loading
+    encoder = build_image_encoder(EncoderConfig(path=str(out)), size).to(device)  # the trainer's strict loading
     plain = EvalTransform(size, [MEAN] * 3, [STD] * 3)
     result, probes = perceived_ranker(encoder, root, factors, train_x, plain)
     print_ranker(result, probes)
@@ -208,11 +211,20 @@ def main() -> int:
                              "ResNet (small_resnet) or ConvNeXt (small_convnext), its feature as wide as the "
                              "config's text encoder")
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-perception-vit"))
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when there is one, else cpu), cpu, cuda, cuda:N: where the encoder trains")
     parser.add_argument("--ranker-only", action="store_true",
                         help="do not train: load the encoder saved in --out and measure its perceived-fact ranker")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config, e.g. data.root=DIR")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("this torch sees no CUDA device")
+    except RuntimeError as err:
+        print(f"error: --device {args.device}: {err}", file=sys.stderr)
+        return 2
     root = Path(prepare_root(cfg.data))
     if not (root / "synth_factors.json").is_file():
         print(f"error: {root}: no synth_factors.json; the facts to learn come from a reid-synth dataset", file=sys.stderr)
@@ -221,7 +233,7 @@ def main() -> int:
     size = tuple(cfg.data.image_size)
     train_x, train_y = load_split(root, factors, "train")
     if args.ranker_only:
-        return ranker_only(args.out, cfg, root, factors, train_x)
+        return ranker_only(args.out, cfg, root, factors, train_x, device)
     val_x, val_y = load_split(root, factors, "val")
     if len(train_x) < args.batch_size or not len(val_x):
         print(f"error: {root}: {len(train_x)} train and {len(val_x)} val images; needs a batch ({args.batch_size}) "
@@ -229,12 +241,14 @@ def main() -> int:
         return 2
     facts = IDENTITY + CLOTHING
     classes = {f: sorted({y[f] for y in train_y}) for f in facts}
-    target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y]) for f in facts}
+    target = {f: torch.tensor([classes[f].index(y[f]) for y in train_y], device=device) for f in facts}
 
     torch.manual_seed(args.seed)
     encoder = build_image_encoder(cfg.model.image_encoder, size) if args.arch == "vit" else ARCHS[args.arch](cfg)
     width = feature_width(encoder)
     heads = torch.nn.ModuleDict({f: torch.nn.Linear(width, len(classes[f])) for f in facts})
+    encoder.to(device)
+    heads.to(device)
     params = list(encoder.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     steps_per_epoch = len(train_x) // args.batch_size
@@ -248,8 +262,8 @@ def main() -> int:
     for epoch in range(args.epochs):
         order = rng.permutation(len(train_x))
         for step in range(steps_per_epoch):
-            rows = order[step * args.batch_size:(step + 1) * args.batch_size]
-            pixels = torch.stack([augment(train_x[i], rng) for i in rows])
+            rows = torch.from_numpy(order[step * args.batch_size:(step + 1) * args.batch_size])
+            pixels = torch.stack([augment(train_x[i], rng) for i in rows.tolist()]).to(device, non_blocking=True)
             feats = image_features(encoder, pixels)
             loss = sum(F.cross_entropy(heads[f](feats), target[f][rows]) for f in facts) / len(facts)
             opt.zero_grad(set_to_none=True)
@@ -259,7 +273,7 @@ def main() -> int:
         print(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
 
     encoder.eval()
-    feats = features(encoder, val_x, plain)
+    feats = features(encoder, val_x, plain).to(device)
     report = {"command": "python bench/pretrain_perception.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
               "train_images": len(train_x), "val_images": len(val_x), "seconds": round(time.time() - start),
               "val": val_table({f: heads[f](feats).argmax(1).tolist() for f in facts}, classes, val_y)}

@@ -60,3 +60,12 @@ def test_a_dataset_without_ground_truth_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: {root}: no synth_factors.json; the facts to learn come from a reid-synth dataset"]
     assert not (tmp_path / "vit").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_a_cuda_device_on_a_machine_without_one_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--device", "cuda",
+                           "--out", str(tmp_path / "vit")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --device cuda: this torch sees no CUDA device"]
+    assert not (tmp_path / "vit").exists()
