@@ -39,15 +39,18 @@ OFF = [f"{W}.cloth=0", f"{W}.cloth_adv=0", f"{W}.cloth_match=0", f"{W}.decouple=
 # split, for 30 epochs (the first perceiving encoder) or 100 (it perceives more: docs/ablation.md); and
 # a small ResNet taught the same for 60 epochs (it reads hair style barely better than the ViT: docs/ablation.md);
 # and the ViT taught on 5,000 *other* synthetic people (seed 1, none of the benchmark's), as a real
-# encoder is pretrained on other people's images, for 20 epochs (as many steps as the 100 above)
+# encoder is pretrained on other people's images, for 20 epochs (as many steps as the 100 above); and
+# on 10,000 other people for 10 epochs (as many steps again: more people, not more training)
 PERCEPTION_VIT = Path("/tmp/reid-perception-vit")
 PERCEPTION_VIT_LONG = Path("/tmp/reid-perception-vit-e100")
 PERCEPTION_RESNET = Path("/tmp/reid-perception-resnet")
 PERCEPTION_VIT_5K = Path("/tmp/reid-perception-vit-n5000")
+PERCEPTION_VIT_10K = Path("/tmp/reid-perception-vit-n10000")
 OTHER_PEOPLE = ["data.synthetic.num_ids=5000", "data.synthetic.seed=1"]
+MORE_OTHER_PEOPLE = ["data.synthetic.num_ids=10000", "data.synthetic.seed=1"]
 PERCEPTION = {  # encoder directory -> (arch, epochs, overrides of the config: what it learns from)
     PERCEPTION_VIT: ("vit", 30, []), PERCEPTION_VIT_LONG: ("vit", 100, []), PERCEPTION_RESNET: ("resnet", 60, []),
-    PERCEPTION_VIT_5K: ("vit", 20, OTHER_PEOPLE)}
+    PERCEPTION_VIT_5K: ("vit", 20, OTHER_PEOPLE), PERCEPTION_VIT_10K: ("vit", 10, MORE_OTHER_PEOPLE)}
 
 
 def _perceiving(vit: Path) -> list[str]:
@@ -56,6 +59,7 @@ def _perceiving(vit: Path) -> list[str]:
 
 PERCEIVING, PERCEIVING_LONG = _perceiving(PERCEPTION_VIT), _perceiving(PERCEPTION_VIT_LONG)
 RESNET, PERCEIVING_5K = _perceiving(PERCEPTION_RESNET), _perceiving(PERCEPTION_VIT_5K)
+PERCEIVING_10K = _perceiving(PERCEPTION_VIT_10K)
 DETACHED = ["model.cloth_heads=separate", "model.cloth_encoder_grad=false"]
 PLAIN = ["data.id_text=full", "eval.standard=full"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
@@ -87,6 +91,8 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving5k_no_disentangle": ([*OFF, *PERCEIVING_5K], "`no_disentangle` from the ViT pretrained on 5,000 other people"),
     "perceiving5k_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *PERCEIVING_5K], "`perceiving100_cloth_detached_eraser` from the ViT pretrained on 5,000 other people"),
     "perceiving5k_plain": ([*OFF, *PLAIN, *PERCEIVING_5K], "`plain` from the ViT pretrained on 5,000 other people"),
+    "perceiving10k_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *PERCEIVING_10K], "`perceiving100_cloth_detached_eraser` from the ViT pretrained on 10,000 other people"),
+    "perceiving10k_plain": ([*OFF, *PLAIN, *PERCEIVING_10K], "`plain` from the ViT pretrained on 10,000 other people"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
     "separate_heads_similar": (["model.cloth_heads=separate", "data.sampler=similar"], "`separate_heads` + P x K batches of people with similar identity descriptions"),
@@ -286,7 +292,7 @@ def main() -> int:
         argv = ["--arch", arch, "--epochs", str(epochs), "--out", str(encoder), *overrides]
         pretrain = [sys.executable, str(REPO / "bench" / "pretrain_perception.py"), "--config", str(config), *argv]
         if not pretrain_once(encoder, pretrain, f"the perceiving {arch} (bench/pretrain_perception.py "
-                                               f"{shlex.join(argv)}; 6 to 20 min on 2 cores)"):
+                                               f"{shlex.join(argv)}; 6 to 30 min on 2 cores)"):
             print("error: bench/pretrain_perception.py failed (its output is above)", file=sys.stderr)
             return 2
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
