@@ -120,12 +120,16 @@ def val_table(predicted: dict[str, list[int]], classes: dict[str, list[str]], va
     ``predicted`` per fact on the val images, each printed as one line."""
     table = {}
     for f, rows in predicted.items():
-        truth = [y[f] for y in val_y]
-        accuracy = 100.0 * np.mean([classes[f][p] == t for p, t in zip(rows, truth)])
-        chance = 100.0 * max(truth.count(v) for v in set(truth)) / len(truth)
-        table[f] = {"accuracy": round(float(accuracy), 1), "chance": round(chance, 1)}
-        print(f"{f:13s} val accuracy {accuracy:5.1f}  chance {chance:5.1f}")
+        table[f] = accuracy_and_chance([classes[f][p] for p in rows], [y[f] for y in val_y])
+        print(f"{f:13s} val accuracy {table[f]['accuracy']:5.1f}  chance {table[f]['chance']:5.1f}")
     return table
+
+
+def accuracy_and_chance(predicted: list[str], truth: list[str]) -> dict[str, float]:
+    """Percent right, and the majority value's share of ``truth`` (rounded to 0.1)."""
+    accuracy = 100.0 * sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+    chance = 100.0 * max(truth.count(v) for v in set(truth)) / len(truth)
+    return {"accuracy": round(accuracy, 1), "chance": round(chance, 1)}
 
 
 @torch.no_grad()
@@ -162,12 +166,9 @@ def perceived_ranker(encoder: torch.nn.Module, root: Path, factors: dict, train_
     out = ranker(log_probs, paths, queries, q_pids, pids, factors, protocols)
     oracle = {name: oracle_metrics(factors, queries, paths, q_pids, pids, query_groups=qg, gallery_groups=gg)
               for name, (qg, gg) in protocols.items()}
-    probes = {}
-    for fact, (classes, scores) in log_probs.items():
-        truth = [identity_values(factors[p])[fact] for p in paths]
-        predicted = [classes[i] for i in scores.argmax(1).tolist()]
-        probes[fact] = {"accuracy": round(100.0 * sum(a == b for a, b in zip(predicted, truth)) / len(truth), 1),
-                        "chance": round(100.0 * max(truth.count(v) for v in set(truth)) / len(truth), 1)}
+    probes = {fact: accuracy_and_chance([classes[i] for i in scores.argmax(1).tolist()],
+                                        [identity_values(factors[p])[fact] for p in paths])
+              for fact, (classes, scores) in log_probs.items()}
     return ({name: {"R1": round(m["R1"], 1), "mAP": round(m["mAP"], 1), "oracle_R1": round(oracle[name]["R1"], 1)}
              for name, m in out.items()}, probes)
 
