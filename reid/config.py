@@ -319,10 +319,13 @@ class DisentangleConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with two parameter groups: pretrained encoders at `lr`, new heads at `head_lr`."""
+    """AdamW with two parameter groups: pretrained encoders at `lr`, new heads at `head_lr`; and the
+    image encoder at its own `image_lr` when that is set (a pretrained image encoder beside a text
+    encoder trained from scratch)."""
 
     lr: float = 1e-5  # pretrained encoders
     head_lr: float = 1e-4  # new heads, MLPs, fusion, classifiers
+    image_lr: float = 0.0  # the image encoder alone, in a group of its own; 0 = `lr`
     weight_decay: float = 0.01  # never applied to norms, biases and temperatures
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     eps: float = 1e-8  # AdamW
@@ -332,6 +335,7 @@ class OptimConfig:
     def validate(self, path: str) -> None:
         _check(self.lr > 0, f"{path}.lr", "must be > 0")
         _check(self.head_lr > 0, f"{path}.head_lr", "must be > 0")
+        _check(self.image_lr >= 0, f"{path}.image_lr", "must be >= 0 (0 = optim.lr)")
         _check(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
         _check(all(0.0 <= b < 1.0 for b in self.betas), f"{path}.betas", "must be in [0, 1)")
         _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")

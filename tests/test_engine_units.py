@@ -31,6 +31,19 @@ def test_param_groups_split_encoders_heads_and_decay():
     assert sum(len(g["params"]) for g in groups.values()) == len(list(Toy().parameters()))
 
 
+def test_image_lr_puts_the_image_encoder_in_groups_of_its_own():
+    toy, cfg = Toy(), OptimConfig(lr=1e-3, head_lr=1e-2, image_lr=1e-4)
+    groups = {g["name"]: g for g in param_groups(toy, cfg)}
+    assert set(groups) == {"encoders", "encoders_no_decay", "heads", "heads_no_decay", "image_encoder", "image_encoder_no_decay"}
+    members = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
+    assert members["image_encoder"] | members["image_encoder_no_decay"] == {id(p) for p in toy.image_encoder.parameters()}
+    assert members["encoders"] | members["encoders_no_decay"] == {id(p) for p in toy.text_encoder.parameters()}
+    assert [groups[n]["lr"] for n in ("image_encoder", "image_encoder_no_decay", "encoders", "heads")] == [1e-4, 1e-4, 1e-3, 1e-2]
+    assert groups["image_encoder"]["base_lr"] == 1e-4  # what the schedule scales
+    # unset (0): the image encoder stays with the text encoder at optim.lr, the groups as before
+    assert "image_encoder" not in {g["name"] for g in param_groups(Toy(), OptimConfig(lr=1e-3))}
+
+
 def test_lr_warmup_then_cosine_to_floor():
     cfg = OptimConfig(warmup_steps=4, min_lr_ratio=0.1)
     factors = [lr_factor(s, 20, cfg) for s in range(21)]

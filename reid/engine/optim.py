@@ -1,7 +1,9 @@
 """AdamW with parameter groups, and a warm-up + cosine learning rate that is a pure function of the step.
 
 Groups: the pretrained encoders (``image_encoder``, ``text_encoder``) train at ``optim.lr``; every
-new module (projections, MLPs, fusion, classifiers, temperatures) at ``optim.head_lr``. Weight decay
+new module (projections, MLPs, fusion, classifiers, temperatures) at ``optim.head_lr``; with
+``optim.image_lr`` set, the image encoder in groups of its own at that rate (a pretrained image
+encoder kept close to what it perceives while a new text encoder learns at ``lr``). Weight decay
 applies only to matrices: never to biases, norm weights or learnable scalars.
 
 The learning rate is computed from the optimizer-step counter and written into the groups before
@@ -20,19 +22,26 @@ import torch
 from reid.config import OptimConfig
 from reid.model import ENCODER_PREFIXES
 
+IMAGE_ENCODER_PREFIX = "image_encoder."  # its own groups with optim.image_lr
+assert IMAGE_ENCODER_PREFIX in ENCODER_PREFIXES
+
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Four groups: {encoders, heads} x {decay, no decay}; empty groups are dropped."""
+    """Four groups: {encoders, heads} x {decay, no decay} (six with ``image_lr``: the image encoder's
+    own two); empty groups are dropped."""
     buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         part = "encoders" if name.startswith(ENCODER_PREFIXES) else "heads"
+        if cfg.image_lr and name.startswith(IMAGE_ENCODER_PREFIX):
+            part = "image_encoder"
         decay = param.ndim >= 2  # biases, norm weights, [1]-shaped scalars: no decay
         buckets.setdefault((part, decay), []).append(param)
+    rates = {"encoders": cfg.lr, "heads": cfg.head_lr, "image_encoder": cfg.image_lr}
     groups = []
     for (part, decay), params in sorted(buckets.items()):
-        base_lr = cfg.lr if part == "encoders" else cfg.head_lr
+        base_lr = rates[part]
         groups.append(
             {
                 "params": params,
