@@ -46,11 +46,13 @@ PERCEPTION_VIT_LONG = Path("/tmp/reid-perception-vit-e100")
 PERCEPTION_RESNET = Path("/tmp/reid-perception-resnet")
 PERCEPTION_VIT_5K = Path("/tmp/reid-perception-vit-n5000")
 PERCEPTION_VIT_10K = Path("/tmp/reid-perception-vit-n10000")
+PERCEPTION_VIT_5K_WIDE = Path("/tmp/reid-perception-vit128-n5000")  # the same ViT twice as wide (hidden 128)
 OTHER_PEOPLE = ["data.synthetic.num_ids=5000", "data.synthetic.seed=1"]
 MORE_OTHER_PEOPLE = ["data.synthetic.num_ids=10000", "data.synthetic.seed=1"]
 PERCEPTION = {  # encoder directory -> (arch, epochs, overrides of the config: what it learns from)
     PERCEPTION_VIT: ("vit", 30, []), PERCEPTION_VIT_LONG: ("vit", 100, []), PERCEPTION_RESNET: ("resnet", 60, []),
-    PERCEPTION_VIT_5K: ("vit", 20, OTHER_PEOPLE), PERCEPTION_VIT_10K: ("vit", 10, MORE_OTHER_PEOPLE)}
+    PERCEPTION_VIT_5K: ("vit", 20, OTHER_PEOPLE), PERCEPTION_VIT_10K: ("vit", 10, MORE_OTHER_PEOPLE),
+    PERCEPTION_VIT_5K_WIDE: ("vit", 20, [*OTHER_PEOPLE, "model.image_encoder.hidden=128"])}
 
 
 def _perceiving(vit: Path) -> list[str]:
@@ -60,6 +62,7 @@ def _perceiving(vit: Path) -> list[str]:
 PERCEIVING, PERCEIVING_LONG = _perceiving(PERCEPTION_VIT), _perceiving(PERCEPTION_VIT_LONG)
 RESNET, PERCEIVING_5K = _perceiving(PERCEPTION_RESNET), _perceiving(PERCEPTION_VIT_5K)
 PERCEIVING_10K = _perceiving(PERCEPTION_VIT_10K)
+PERCEIVING_5K_WIDE = _perceiving(PERCEPTION_VIT_5K_WIDE)
 DETACHED = ["model.cloth_heads=separate", "model.cloth_encoder_grad=false"]
 PLAIN = ["data.id_text=full", "eval.standard=full"]
 VARIANTS = {  # name -> (overrides of the config, what it tests)
@@ -93,6 +96,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving5k_plain": ([*OFF, *PLAIN, *PERCEIVING_5K], "`plain` from the ViT pretrained on 5,000 other people"),
     "perceiving10k_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *PERCEIVING_10K], "`perceiving100_cloth_detached_eraser` from the ViT pretrained on 10,000 other people"),
     "perceiving10k_plain": ([*OFF, *PLAIN, *PERCEIVING_10K], "`plain` from the ViT pretrained on 10,000 other people"),
+    "perceiving5k_wide_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *PERCEIVING_5K_WIDE], "`perceiving5k_cloth_detached_eraser` from the ViT twice as wide (hidden 128) pretrained on 5,000 other people"),
     "perceiving10k_cloth_detached_eraser_image_lr": ([*DETACHED, "model.clothing_eraser.rank=16", "optim.image_lr=1e-4", *PERCEIVING_10K], "`perceiving10k_cloth_detached_eraser` with the pretrained image encoder at a tenth of the learning rate (`optim.image_lr` 1e-4)"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
     "perceiving_full": (PERCEIVING, "`full` (shared heads) from the perceiving ViT"),
