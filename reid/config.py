@@ -319,9 +319,9 @@ class DisentangleConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with two parameter groups: pretrained encoders at `lr`, new heads at `head_lr`; and the
-    image encoder at its own `image_lr` when that is set (a pretrained image encoder beside a text
-    encoder trained from scratch)."""
+    """AdamW with parameter groups: pretrained encoders at `lr`, new heads at `head_lr`; the image
+    encoder at its own `image_lr` when that is set (a pretrained image encoder beside a text encoder
+    trained from scratch)."""
 
     lr: float = 1e-5  # pretrained encoders
     head_lr: float = 1e-4  # new heads, MLPs, fusion, classifiers

@@ -22,8 +22,7 @@ import torch
 from reid.config import OptimConfig
 from reid.model import ENCODER_PREFIXES
 
-IMAGE_ENCODER_PREFIX = "image_encoder."  # its own groups with optim.image_lr
-assert IMAGE_ENCODER_PREFIX in ENCODER_PREFIXES
+IMAGE_ENCODER_PREFIX = "image_encoder."  # one of ENCODER_PREFIXES; its own groups with optim.image_lr
 
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
