@@ -204,6 +204,19 @@ def test_a_checkpoint_of_another_backend_is_refused(tmp_path):
     json.dumps(marker)  # markers stay plain JSON
 
 
+def test_a_checkpoint_with_other_optimizer_groups_is_refused(tmp_path):
+    model = Toy()
+    four = ["encoders", "encoders_no_decay", "heads", "heads_no_decay"]
+    six = four + ["image_encoder", "image_encoder_no_decay"]
+    marker = {"step": 1, "world_size": 1, "shapes": parameter_shapes(model), "backend": "DDP", "optimizer_groups": four}
+    check_compatible(tmp_path, marker, model, "DDP", four)
+    with pytest.raises(CheckpointError, match=r"parameter groups are \[.*'heads_no_decay'\] in the checkpoint but .*"
+                                              r"'image_encoder_no_decay'\] in this run \(optim.image_lr"):
+        check_compatible(tmp_path, marker, model, "DDP", six)
+    del marker["optimizer_groups"]  # written before the groups were recorded: not checked for them
+    check_compatible(tmp_path, marker, model, "DDP", six)
+
+
 def test_another_number_of_processes_without_universal_checkpoints_is_one_line(tmp_path, monkeypatch):
     """A DeepSpeed without ``deepspeed.checkpoint.ds_to_universal`` (before 0.14) cannot re-partition
     ZeRO shards: the resume says what it would need. (The import is made to fail here; the real

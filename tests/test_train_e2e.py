@@ -4,6 +4,7 @@ TensorBoard tags read back from the event files, the run's files, the export, fa
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,28 @@ def test_resume_into_another_model_shape_names_the_tensor(short_run, synth_root)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert "tensor 'shared_mlp.weight' has shape [512, 64] in the checkpoint but [128, 64]" in lines[0]
+
+
+def test_resume_takes_the_optimizer_settings_of_its_config_and_refuses_other_groups(short_run, synth_root):
+    """A loaded optimizer state carries the checkpoint's learning rates: an ``optim.lr`` given on
+    resume is put back (and said); other parameter groups (``optim.image_lr`` switched on) are one line."""
+    tmp, run, _ = short_run
+    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=3", "optim.image_lr=1e-5") + ["--resume", "latest"],
+                      check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "parameter groups are" in lines[0] and "(optim.image_lr set in one and not the other?)" in lines[0]
+
+    shutil.copytree(run, tmp / "runs" / "lower_lr")
+    proc = run_launch(args(tmp, synth_root, "lower_lr", "train.epochs=3", "train.log_every=1", "optim.lr=2e-5",
+                           "optim.head_lr=2e-4") + ["--resume", "latest"])
+    said = [line for line in proc.stdout.splitlines() if line.startswith("optimizer settings from this run's config")]
+    assert len(said) == 1 and "encoders base_lr 0.001 -> 2e-05" in said[0] and "heads base_lr 0.001 -> 0.0002" in said[0], \
+        proc.stdout[-3000:]
+    train = [json.loads(line) for line in (tmp / "runs" / "lower_lr" / "log.jsonl").read_text().splitlines()]
+    resumed = [r for r in train if r["kind"] == "train" and r["step"] > 0][-1]
+    assert resumed["lr/encoders"] == pytest.approx(resumed["lr/heads"] / 10)  # the checkpoint's were equal
 
 
 def test_bad_config_key_is_one_line(tmp_path, synth_root):

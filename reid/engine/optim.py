@@ -23,6 +23,7 @@ from reid.config import OptimConfig
 from reid.model import ENCODER_PREFIXES
 
 IMAGE_ENCODER_PREFIX = "image_encoder."  # one of ENCODER_PREFIXES; its own groups with optim.image_lr
+GROUP_SETTINGS = ("base_lr", "weight_decay", "betas", "eps")  # from the config, also over a resumed optimizer state
 
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:

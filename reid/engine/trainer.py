@@ -22,7 +22,7 @@ from reid.data import keys
 from reid.engine.accel import backend_name, build_accelerator, is_deepspeed, optimizer_offloaded
 from reid.engine.checkpoint import check_backend, check_compatible, parameter_shapes, save_checkpoint
 from reid.engine.disk import free_bytes, full_reason, size_text
-from reid.engine.optim import apply_lr, build_optimizer
+from reid.engine.optim import GROUP_SETTINGS, apply_lr, build_optimizer
 from reid.engine.position import DataPlan, describe_resume
 from reid.engine.report import brief
 from reid.engine.restore import elastic, load_checkpoint, prepare_deepspeed_load
@@ -79,6 +79,8 @@ class _Trainer:
         optimizer = build_optimizer(
             ctx.model, cfg.optim, fused=accelerator.device.type == "cuda", cpu_offload=optimizer_offloaded(accelerator)
         )
+        self.group_names = [group["name"] for group in optimizer.param_groups]  # before DeepSpeed wraps it
+        self.group_settings = [{key: group[key] for key in GROUP_SETTINGS if key in group} for group in optimizer.param_groups]
         self.model, self.optimizer = accelerator.prepare(ctx.model, optimizer)
         self.custom_state = [self.state]  # checkpointed beside the model and optimizer, in this order
         if getattr(ctx.criterion, "memory", None) is not None:  # the identity-text memory resumes too
@@ -127,9 +129,10 @@ class _Trainer:
         if start is None:
             return
         path, marker = start
-        check_compatible(path, marker, self.raw_model, self.backend)
+        check_compatible(path, marker, self.raw_model, self.backend, self.group_names)
         not_kept = load_checkpoint(self.accelerator, self.model, path, marker, self.custom_state, deepspeed=self.deepspeed,
                                    seed=self.cfg.train.seed, scratch=self.ctx.run_dir / "checkpoints")
+        settings = self._configured_group_settings()
         if path.parent == self.ctx.run_dir / "checkpoints":
             self.saved_step = self.state.step  # this step is saved already
         self.total_steps = self.plan.total_steps(self.state)
@@ -138,6 +141,20 @@ class _Trainer:
                                  universal=self.deepspeed and elastic(self.accelerator, marker))
         if change:
             self._print(change)
+        if settings:
+            self._print(f"optimizer settings from this run's config, not the checkpoint's: {settings}")
+
+    def _configured_group_settings(self) -> str:
+        """Put this run's optimizer settings (base lr, weight decay, betas, eps) back into the groups:
+        a loaded optimizer state brings the checkpoint's, so an ``optim.lr=`` given on resume would
+        otherwise be ignored. The Adam moments and step stay the checkpoint's. Returns what changed."""
+        changes = []
+        for name, group, wanted in zip(self.group_names, self.optimizer.param_groups, self.group_settings):
+            for key, value in wanted.items():
+                if _plain(group.get(key)) != _plain(value):
+                    changes.append(f"{name} {key} {group.get(key)} -> {value}")
+                    group[key] = value
+        return "; ".join(changes)
 
     def _save(self) -> None:
         state = self.state
@@ -147,6 +164,7 @@ class _Trainer:
             "epoch": state.epoch, "sample_in_epoch": state.sample_in_epoch, "epoch_global_batch": state.epoch_global_batch,
             "batch_size": self.plan.batch_size, "grad_accum": self.plan.grad_accum, "global_batch": self.plan.global_batch,
             "total_steps": self.total_steps, "backend": self.backend, "shapes": parameter_shapes(self.raw_model),
+            "optimizer_groups": self.group_names,
         }
         tick = time.perf_counter()
         path = save_checkpoint(
@@ -360,3 +378,8 @@ class _Trainer:
             if not quiet:
                 raise
         self.accelerator.end_training()
+
+
+def _plain(value: Any) -> Any:
+    """(0.9, 0.999) and [0.9, 0.999] are the same betas (a saved optimizer state may hold either)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
