@@ -182,6 +182,7 @@ def test_killed_run_resumes_exactly(work, accel):
     assert found, proc.stdout[-2000:]
     start = int(found.group(2))
     assert 0 < start < steps  # a periodic or an epoch-end checkpoint
+    assert "optimizer settings from this run's config" not in proc.stdout  # the same config: nothing changed
 
     log = read_log(run)
     assert [r["step"] for r in log].count(1) == 1  # a resume, not a restart from step 1
