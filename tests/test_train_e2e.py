@@ -93,26 +93,27 @@ def test_export_loads_with_plain_safetensors_and_with_reid(short_run):
     assert torch.allclose(text.norm(dim=-1), torch.ones(1))
 
 
-def test_resume_into_another_model_shape_names_the_tensor(short_run, synth_root):
-    tmp, run, _ = short_run
-    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=3", "model.shared_dim=128") + ["--resume", "latest"],
-                      check=False)
+def refused_resume(tmp: Path, root: Path, *overrides: str) -> str:
+    """Resume the short run with ``overrides``: it must fail with exactly one ``error:`` line (returned)."""
+    proc = run_launch(args(tmp, root, "short", "train.epochs=3", *overrides) + ["--resume", "latest"], check=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr[-3000:]
-    assert "tensor 'shared_mlp.weight' has shape [512, 64] in the checkpoint but [128, 64]" in lines[0]
+    return lines[0]
+
+
+def test_resume_into_another_model_shape_names_the_tensor(short_run, synth_root):
+    tmp, run, _ = short_run
+    line = refused_resume(tmp, synth_root, "model.shared_dim=128")
+    assert "tensor 'shared_mlp.weight' has shape [512, 64] in the checkpoint but [128, 64]" in line
 
 
 def test_resume_takes_the_optimizer_settings_of_its_config_and_refuses_other_groups(short_run, synth_root):
     """A loaded optimizer state carries the checkpoint's learning rates: an ``optim.lr`` given on
     resume is put back (and said); other parameter groups (``optim.image_lr`` switched on) are one line."""
     tmp, run, _ = short_run
-    proc = run_launch(args(tmp, synth_root, "short", "train.epochs=3", "optim.image_lr=1e-5") + ["--resume", "latest"],
-                      check=False)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert "parameter groups are" in lines[0] and "(optim.image_lr set in one and not the other?)" in lines[0]
+    line = refused_resume(tmp, synth_root, "optim.image_lr=1e-5")
+    assert "parameter groups are" in line and "(optim.image_lr set in one and not the other?)" in line
 
     shutil.copytree(run, tmp / "runs" / "lower_lr")
     proc = run_launch(args(tmp, synth_root, "lower_lr", "train.epochs=3", "train.log_every=1", "optim.lr=2e-5",
@@ -151,8 +152,6 @@ def test_a_regular_pip_install_trains_with_a_deepspeed_config_from_any_directory
     into a fresh directory put first on PYTHONPATH: the same files a venv's site-packages would get)."""
     import subprocess
     import sys
-
-    import shutil
 
     source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
     shutil.copytree(REPO / "reid", source / "reid", ignore=shutil.ignore_patterns("__pycache__"))
