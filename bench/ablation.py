@@ -98,6 +98,7 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
     "perceiving10k_plain": ([*OFF, *PLAIN, *PERCEIVING_10K], "`plain` from the ViT pretrained on 10,000 other people"),
     "perceiving5k_wide_cloth_detached_eraser": ([*DETACHED, "model.clothing_eraser.rank=16", *PERCEIVING_5K_WIDE], "`perceiving5k_cloth_detached_eraser` from the ViT twice as wide (hidden 128) pretrained on 5,000 other people"),
     "perceiving5k_wide_no_disentangle": ([*OFF, *PERCEIVING_5K_WIDE], "`no_disentangle` from the ViT twice as wide pretrained on 5,000 other people"),
+    "perceiving5k_wide_cloth_detached_eraser_no_decouple": ([*DETACHED, f"{W}.decouple=0", "model.clothing_eraser.rank=16", *PERCEIVING_5K_WIDE], "`perceiving5k_wide_cloth_detached_eraser` without `decouple` (does it cost hair style?)"),
     "perceiving5k_wide_plain": ([*OFF, *PLAIN, *PERCEIVING_5K_WIDE], "`plain` from the ViT twice as wide pretrained on 5,000 other people"),
     "perceiving10k_cloth_detached_eraser_image_lr": ([*DETACHED, "model.clothing_eraser.rank=16", "optim.image_lr=1e-4", *PERCEIVING_10K], "`perceiving10k_cloth_detached_eraser` with the pretrained image encoder at a tenth of the learning rate (`optim.image_lr` 1e-4)"),
     "separate_heads_cloth_detached": (["model.cloth_heads=separate", "model.cloth_encoder_grad=false"], "`separate_heads` with the clothing branch on the detached [CLS] feature, from scratch"),
@@ -115,7 +116,8 @@ VARIANTS = {  # name -> (overrides of the config, what it tests)
 # no training: paired with the base run weight for weight): name -> (base variant, rank, overrides)
 ERASED = {f"{base}_erased": (base, 16, []) for base in (
     "separate_heads", "perceiving_no_disentangle", "perceiving_cloth_detached",
-    "perceiving100_no_disentangle", "perceiving100_cloth_detached", "resnet_no_disentangle", "resnet_cloth_detached")}
+    "perceiving100_no_disentangle", "perceiving100_cloth_detached", "resnet_no_disentangle", "resnet_cloth_detached",
+    "perceiving5k_wide_no_disentangle")}
 ERASED.update({f"perceiving100_cloth_detached_erased{rank}": ("perceiving100_cloth_detached", rank, []) for rank in (8, 32)})
 ERASED["perceiving100_cloth_detached_erased_words"] = (
     "perceiving100_cloth_detached", 16, ["model.clothing_eraser.given_identity_text=false"])
