@@ -119,6 +119,9 @@ ERASED = {f"{base}_erased": (base, 16, []) for base in (
     "perceiving100_no_disentangle", "perceiving100_cloth_detached", "resnet_no_disentangle", "resnet_cloth_detached",
     "perceiving5k_wide_no_disentangle")}
 ERASED.update({f"perceiving100_cloth_detached_erased{rank}": ("perceiving100_cloth_detached", rank, []) for rank in (8, 32)})
+ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_erased{rank}": ("perceiving5k_wide_cloth_detached_eraser", rank, [])
+               for rank in (4, 8)})
+ERASED["perceiving5k_wide_no_disentangle_erased8"] = ("perceiving5k_wide_no_disentangle", 8, [])
 ERASED["perceiving100_cloth_detached_erased_words"] = (
     "perceiving100_cloth_detached", 16, ["model.clothing_eraser.given_identity_text=false"])
 for _name, (_base, _rank, _over) in ERASED.items():
