@@ -168,9 +168,13 @@ class EraserConfig:
     # regression on the identity-text embedding). false: the clothing words as they are, which takes
     # out identity facts the clothing sentences carry too ("her coat": gender; docs/ablation.md)
     given_identity_text: bool = True
+    # Directions of the identity embedding left untouched: the `protect` that co-vary most with the
+    # identity text (whitened), so what they predict of it is exactly kept; 0 = none
+    protect: int = 0
 
     def validate(self, path: str) -> None:
         _check(self.rank >= 0, f"{path}.rank", "must be >= 0 (0 = no eraser)")
+        _check(self.protect >= 0, f"{path}.protect", "must be >= 0 (0 = none)")
         _check(self.min_images >= 1, f"{path}.min_images", "must be >= 1")
         _check(self.max_images >= 2, f"{path}.max_images", "must be >= 2")
 

@@ -88,10 +88,14 @@ def residual(z: Tensor, t: Tensor, ridge: float = RIDGE) -> Tensor:
     return zc - tc @ torch.linalg.solve(gram, tc.T @ zc)
 
 
-def leace(x: Tensor, z: Tensor, rank: int) -> tuple[Tensor, Tensor, int]:
+def leace(x: Tensor, z: Tensor, rank: int, keep: Tensor | None = None, keep_rank: int = 0) -> tuple[Tensor, Tensor, int]:
     """The eraser of ``z`` (N, K) from ``x`` (N, D), truncated to ``rank`` directions: ``(mean (D,),
     matrix (D, D), rank used)`` for ``r(x) = x - (x - mean) @ matrix.T`` (float64). The rank used is
-    at most the number of non-zero singular values of the whitened cross-covariance."""
+    at most the number of non-zero singular values of the whitened cross-covariance.
+
+    ``keep`` (N, D'), ``keep_rank`` > 0: the ``keep_rank`` whitened directions of ``x`` that co-vary
+    most with ``keep`` are left alone (the erased directions are chosen orthogonal to them), so the
+    linear prediction of ``keep`` from those directions is the same before and after erasure."""
     x, z = x.double(), z.double()
     mean = x.mean(0)
     xc, zc = x - mean, z - z.mean(0)
@@ -100,7 +104,13 @@ def leace(x: Tensor, z: Tensor, rank: int) -> tuple[Tensor, Tensor, int]:
     eigval = eigval.clamp(min=float(eigval.max()) * EIGEN_FLOOR if float(eigval.max()) > 0 else 1.0)
     whiten = eigvec @ torch.diag(eigval.rsqrt()) @ eigvec.T
     unwhiten = eigvec @ torch.diag(eigval.sqrt()) @ eigvec.T
-    u, s, _ = torch.linalg.svd(whiten @ (xc.T @ zc / n), full_matrices=False)
+    cross = whiten @ (xc.T @ zc / n)  # (D, K): whitened Cov(x, z)
+    if keep is not None and keep_rank > 0:
+        kc = keep.double() - keep.double().mean(0)
+        q, _, _ = torch.linalg.svd(whiten @ (xc.T @ kc / n), full_matrices=False)
+        q = q[:, :keep_rank]
+        cross = cross - q @ (q.T @ cross)  # erase nothing along the kept directions
+    u, s, _ = torch.linalg.svd(cross, full_matrices=False)
     used = min(int(rank), int((s > float(s.max()) * 1e-9).sum()) if len(s) and float(s.max()) > 0 else 0)
     u = u[:, :used]
     return mean, unwhiten @ u @ u.T @ whiten, used
@@ -173,6 +183,7 @@ def fit_clothing_eraser(model: nn.Module, eraser: ClothingEraser, data_cfg: Any,
     if not words:
         mean, matrix, used = torch.zeros(x.shape[1]), torch.zeros(x.shape[1], x.shape[1]), 0
     else:
-        mean, matrix, used = leace(x, residual(z, t) if erase_cfg.given_identity_text else z, erase_cfg.rank)
+        mean, matrix, used = leace(x, residual(z, t) if erase_cfg.given_identity_text else z, erase_cfg.rank,
+                                   keep=t, keep_rank=erase_cfg.protect)
     eraser.load_fit(mean.float(), matrix.float())
     return EraserFit(used, len(x), len(words), time.perf_counter() - start)

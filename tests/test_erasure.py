@@ -55,6 +55,32 @@ def test_leace_at_full_rank_leaves_no_covariance_and_truncated_takes_the_stronge
     assert used == 0 and matrix.abs().max() == 0  # nothing co-varies: nothing erased
 
 
+def test_leace_protecting_the_identity_text_keeps_its_prediction_and_erases_the_rest() -> None:
+    # x = [clothing only, clothing + identity, identity only, noise], mixed. Erasing z with the
+    # identity directions protected: the linear prediction of the identity text from x is unchanged,
+    # and the clothing that lives off the identity directions is gone.
+    g = torch.Generator().manual_seed(2)
+    cols = torch.randn(3000, 5, generator=g, dtype=torch.float64)
+    cols = torch.linalg.qr(cols - cols.mean(0))[0] * 3000 ** 0.5
+    cloth, shared, ident, noise = cols[:, :1], cols[:, 1:2], cols[:, 2:3], cols[:, 3:5]
+    x = torch.cat([cloth, shared, ident, noise], 1) @ torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))[0]
+    z, t = torch.cat([cloth, shared], 1), torch.cat([shared, ident], 1)
+
+    def predict(a: torch.Tensor) -> torch.Tensor:  # least-squares prediction of t from a
+        ac = torch.cat([a - a.mean(0), torch.ones(len(a), 1, dtype=torch.float64)], 1)
+        return ac @ torch.linalg.lstsq(ac, t).solution
+
+    mean, matrix, used = leace(x, z, rank=2, keep=t, keep_rank=2)
+    erased = x - (x - mean) @ matrix.T
+    assert used == 1  # the shared direction is protected: only the clothing-only one is left to erase
+    assert torch.allclose(predict(erased), predict(x), atol=1e-8)
+    assert _cov(erased, cloth).abs().max() < 1e-10
+    assert _cov(erased, shared).abs().max() > 0.1  # kept: the identity text needs it
+    mean, matrix, used = leace(x, z, rank=2)  # unprotected, the shared direction goes too
+    erased = x - (x - mean) @ matrix.T
+    assert used == 2 and not torch.allclose(predict(erased), predict(x), atol=1e-3)
+
+
 def test_residual_removes_what_identity_text_predicts() -> None:
     g = torch.Generator().manual_seed(1)
     t = torch.randn(500, 4, generator=g, dtype=torch.float64)
