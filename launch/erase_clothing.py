@@ -9,7 +9,8 @@ minus what its identity text implies, are erased from the identity embedding (``
 The new export is the same model plus the eraser (``model.clothing_eraser.rank`` set in its
 config); the clothing-invariant mode and the composed standard score then use the erased identity
 embedding. A model trained with ``model.clothing_eraser.rank`` > 0 already has one (the trainer
-refits it before every evaluation): this refits it, at ``--rank`` if given.
+refits it before every evaluation): this refits it, at ``--rank`` if given. ``--rank 0`` takes the
+eraser off: the new export is the same model without one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, required=True, help="an exported model: <run>/best or <run>/final")
     parser.add_argument("--out", type=Path, required=True, help="where to write the new export (must not exist)")
     parser.add_argument("--rank", type=int, default=None,
-                        help=f"directions to erase (default: the model's model.clothing_eraser.rank, else {DEFAULT_RANK})")
+                        help=f"directions to erase (default: the model's model.clothing_eraser.rank, else {DEFAULT_RANK}); "
+                             "0: export the model without an eraser")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the model's config, e.g. data.root=DIR")
     return parser.parse_args(argv)
 
@@ -44,23 +46,29 @@ def main(argv: list[str] | None = None) -> int:
     from reid.erasure import ClothingEraser, fit_clothing_eraser
     from reid.export import export_model, load_exported
 
+    if args.rank is not None and args.rank < 0:
+        raise ConfigError(f"--rank: {args.rank} must be >= 0 (0 takes the eraser off)")
     if args.out.exists():
         raise ConfigError(f"--out: {args.out} exists; name a new directory (nothing is overwritten)")
     model, tokenizer, cfg, meta = load_exported(args.checkpoint)
     rank = args.rank if args.rank is not None else (cfg.model.clothing_eraser.rank or DEFAULT_RANK)
     cfg = load_config(args.checkpoint / "config.yaml", [*args.overrides, f"model.clothing_eraser.rank={rank}"])
-    if model.clothing_eraser is None:
-        model.clothing_eraser = ClothingEraser(cfg.model.embed_dim)
     accelerator = build_accelerator(cfg)
-    model = model.to(accelerator.device)
-    with accelerator.local_main_process_first():
-        root = prepare_root(cfg.data)
-    fitted = fit_clothing_eraser(model, model.clothing_eraser, cfg.data, cfg.model.clothing_eraser, tokenizer,
-                                 accelerator, root, batch_size=cfg.eval.batch_size, pixel_mean=meta.get("pixel_mean"),
-                                 pixel_std=meta.get("pixel_std"))
+    if rank == 0:  # the same weights without an eraser: what a model built from this config has
+        model.clothing_eraser = None
+        done = "clothing eraser: none (--rank 0)"
+    else:
+        if model.clothing_eraser is None:
+            model.clothing_eraser = ClothingEraser(cfg.model.embed_dim)
+        model = model.to(accelerator.device)
+        with accelerator.local_main_process_first():
+            root = prepare_root(cfg.data)
+        done = fit_clothing_eraser(model, model.clothing_eraser, cfg.data, cfg.model.clothing_eraser, tokenizer,
+                                   accelerator, root, batch_size=cfg.eval.batch_size, pixel_mean=meta.get("pixel_mean"),
+                                   pixel_std=meta.get("pixel_std")).describe()
     out = export_model(accelerator, model, args.out, cfg=cfg, tokenizer=tokenizer, meta=meta)
     if accelerator.is_main_process:
-        print(fitted.describe(), flush=True)
+        print(done, flush=True)
         print(f"wrote {out}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -200,6 +200,9 @@ def test_erase_clothing_cli_never_overwrites(synth_root: Path, tmp_path: Path, c
     assert _erase_main()(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an exported reid model" in err[0] and not (tmp_path / "new").exists()
+    assert _erase_main()(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "new"), "--rank", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rank: -1 must be >= 0" in err[0]
 
 
 @pytest.mark.slow
@@ -222,3 +225,14 @@ def test_the_trainer_fits_it_and_the_cli_fits_the_same_on_two_processes(synth_ro
     assert torch.allclose(fits["one"]["clothing_eraser.mean"], fits["two"]["clothing_eraser.mean"], atol=1e-6)
     model, *_ = load_exported(tmp_path / "refit-one")
     assert model.clothing_eraser is not None and torch.equal(model.clothing_eraser.matrix, fits["one"]["clothing_eraser.matrix"])
+    # --rank 0 takes it off: the same weights, no eraser, and the export loads
+    proc = run_launch(["launch/erase_clothing.py", "--checkpoint", str(best), "--out", str(tmp_path / "off"), "--rank", "0"],
+                      timeout=300)
+    assert "clothing eraser: none" in proc.stdout
+    model, _, cfg, _ = load_exported(tmp_path / "off")
+    assert model.clothing_eraser is None and cfg.model.clothing_eraser.rank == 0
+    kept = load_state_dict(tmp_path / "off")
+    assert not any(k.startswith("clothing_eraser.") for k in kept)
+    trained = load_state_dict(best)
+    assert set(kept) == {k for k in trained if not k.startswith("clothing_eraser.")}
+    assert all(torch.equal(v, trained[k]) for k, v in kept.items())
