@@ -120,7 +120,7 @@ ERASED = {f"{base}_erased": (base, 16, []) for base in (
     "perceiving5k_wide_no_disentangle")}
 ERASED.update({f"perceiving100_cloth_detached_erased{rank}": ("perceiving100_cloth_detached", rank, []) for rank in (8, 32)})
 ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_erased{rank}": ("perceiving5k_wide_cloth_detached_eraser", rank, [])
-               for rank in (0, 4, 8, 16)})  # 0: its weights without the eraser; 16: its own eraser refit (a control)
+               for rank in (0, 8, 16)})  # 0: its weights without the eraser; 16: its own eraser refit (a control)
 ERASED["perceiving5k_wide_no_disentangle_erased8"] = ("perceiving5k_wide_no_disentangle", 8, [])
 ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_protect{keep}": (
     "perceiving5k_wide_cloth_detached_eraser", 16, [f"model.clothing_eraser.protect={keep}"]) for keep in (16, 32, 64, 128)})
