@@ -123,7 +123,7 @@ ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_erased{rank}": ("percei
                for rank in (0, 8, 16)})  # 0: its weights without the eraser; 16: its own eraser refit (a control)
 ERASED["perceiving5k_wide_no_disentangle_erased8"] = ("perceiving5k_wide_no_disentangle", 8, [])
 ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_protect{keep}": (
-    "perceiving5k_wide_cloth_detached_eraser", 16, [f"model.clothing_eraser.protect={keep}"]) for keep in (16, 32, 64, 128)})
+    "perceiving5k_wide_cloth_detached_eraser", 16, [f"model.clothing_eraser.protect={keep}"]) for keep in (32, 64, 128)})
 ERASED["perceiving100_cloth_detached_erased_words"] = (
     "perceiving100_cloth_detached", 16, ["model.clothing_eraser.given_identity_text=false"])
 for _name, (_base, _rank, _over) in ERASED.items():
