@@ -106,7 +106,8 @@ def leace(x: Tensor, z: Tensor, rank: int, keep: Tensor | None = None, keep_rank
     unwhiten = eigvec @ torch.diag(eigval.sqrt()) @ eigvec.T
     cross = whiten @ (xc.T @ zc / n)  # (D, K): whitened Cov(x, z)
     if keep is not None and keep_rank > 0:
-        kc = keep.double() - keep.double().mean(0)
+        kc = keep.double()
+        kc = kc - kc.mean(0)
         q, _, _ = torch.linalg.svd(whiten @ (xc.T @ kc / n), full_matrices=False)
         q = q[:, :keep_rank]
         cross = cross - q @ (q.T @ cross)  # erase nothing along the kept directions
