@@ -130,12 +130,20 @@ class EncoderConfig:
     # (tiny 4, small 6, base 12); the MLP keeps the preset's ratio (tiny 2x, small and base 4x)
     hidden: int = 0
     gradient_checkpointing: bool = False  # recompute activations in backward (memory for time)
+    # Keep the loaded weights as they are: no gradient, no optimizer state, always in eval mode
+    # (dropout off, BatchNorm statistics kept), run under no_grad; only the heads train (LiT's locked
+    # image tower). Only for a loaded encoder (`path`): a preset one is random
+    frozen: bool = False
 
     def validate(self, path: str) -> None:
         for name, what in (("patch_size", "0 = 16"), ("layers", "0 = the preset's"), ("hidden", "0 = the preset's")):
             _check(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0 ({what})")
             _check(not (self.path and getattr(self, name)), f"{path}.{name}",
                    f"only for a preset encoder: a loaded one keeps the {name} of its weights (set it to 0)")
+        _check(not self.frozen or bool(self.path), f"{path}.frozen",
+               f"only for a loaded encoder: a preset one has random weights (set {path}.path, or frozen: false)")
+        _check(not (self.frozen and self.gradient_checkpointing), f"{path}.gradient_checkpointing",
+               "a frozen encoder keeps no activations for backward: nothing to checkpoint (set it to false)")
 
 
 @dataclass

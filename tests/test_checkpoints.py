@@ -215,6 +215,11 @@ def test_a_checkpoint_with_other_optimizer_groups_is_refused(tmp_path):
         check_compatible(tmp_path, marker, model, "DDP", six)
     del marker["optimizer_groups"]  # written before the groups were recorded: not checked for them
     check_compatible(tmp_path, marker, model, "DDP", six)
+    marker["optimizer_group_sizes"] = [4, 4, 6, 6]  # the same groups, an encoder frozen in one run only
+    check_compatible(tmp_path, marker, model, "DDP", four, [4, 4, 6, 6])
+    with pytest.raises(CheckpointError, match=r"groups hold \[4, 4, 6, 6\] tensors in the checkpoint but \[2, 2, 6, 6\] "
+                                              r"in this run \(model.image_encoder.frozen"):
+        check_compatible(tmp_path, marker, model, "DDP", four, [2, 2, 6, 6])
 
 
 def test_another_number_of_processes_without_universal_checkpoints_is_one_line(tmp_path, monkeypatch):

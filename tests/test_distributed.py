@@ -216,3 +216,30 @@ def test_zero3_trains_and_exports_gathered_weights(work):
         assert tuple(state[name].shape) == tuple(tensor.shape) and state[name].numel() > 0, name
     assert state["clothing_eraser.matrix"].abs().max() > 0
     assert [r["step"] for r in read_log(tmp / "runs" / "zero3")] == [1, 2]
+
+
+def test_zero3_keeps_a_frozen_image_encoder_as_loaded(work):
+    """A loaded ViT under ZeRO-3, frozen (model.image_encoder.frozen: every parameter partitioned,
+    the frozen ones too): training runs, and the export's image encoder is the loaded one, tensor for
+    tensor. (Loading a pretrained encoder under ZeRO-3 failed before reid.model.loading.whole_tensors:
+    transformers loaded it into empty shards, and resizing the position embeddings raised IndexError.)"""
+    from reid.config import EncoderConfig
+    from reid.export import load_exported
+    from reid.model.encoders import build_image_encoder
+
+    tmp, root = work
+    torch.manual_seed(0)
+    build_image_encoder(EncoderConfig(preset="tiny"), (64, 32)).save_pretrained(tmp / "vit")
+    run_launch(train_args(tmp, root, "zero3-frozen", 8, "train.max_steps=2", "train.eval_every=0",
+                          f"model.image_encoder.path={tmp / 'vit'}", "model.image_encoder.frozen=true"),
+               accel_config="cpu_zero3")
+    export = tmp / "runs" / "zero3-frozen" / "final"
+    model, _, _, meta = load_exported(export)
+    loaded = build_image_encoder(EncoderConfig(path=str(tmp / "vit")), tuple(meta["image_size"])).state_dict()
+    state = weights(export)
+    assert loaded.keys() == {k.removeprefix("image_encoder.") for k in state if k.startswith("image_encoder.")}
+    for name, tensor in loaded.items():
+        torch.testing.assert_close(state[f"image_encoder.{name}"], tensor, msg=name)
+    assert not model.image_encoder.training and not any(p.requires_grad for p in model.image_encoder.parameters())
+    losses = [r["loss/total"] for r in read_log(tmp / "runs" / "zero3-frozen")]
+    assert len(losses) == 2 and losses[0] != losses[1]  # the heads trained

@@ -369,6 +369,46 @@ def test_local_weights_load_and_interpolate_position_embeddings_once(tmp_path: P
         build_text_encoder(cfg.text_encoder, vocab_size=VOCAB + 10)
 
 
+def test_a_frozen_encoder_keeps_its_weights_and_eval_mode_and_the_heads_still_train(tmp_path: Path) -> None:
+    """model.image_encoder.frozen: no gradient and no optimizer group for the loaded encoder, eval
+    mode through model.train() (dropout off), the same features as the unfrozen model; the heads and
+    the text encoder still train. A preset (random) encoder cannot be frozen."""
+    from reid.config import OptimConfig, load_config
+    from reid.engine.optim import param_groups
+
+    torch.manual_seed(0)
+    vit = build_image_encoder(EncoderConfig(preset="tiny"), SIZE)
+    vit.config.hidden_dropout_prob = 0.5  # dropout that would change the features in train mode
+    vit.save_pretrained(tmp_path / "vit")
+    models = {}
+    for frozen in (False, True):
+        cfg = ModelConfig(image_encoder=EncoderConfig(path=str(tmp_path / "vit"), frozen=frozen))
+        models[frozen] = tiny(every_term(), cfg).train()
+    model, batch = models[True], make_batch()
+    assert not model.image_encoder.training and model.text_encoder.training and model.id_projection.training
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    feats = model._image_features(batch[K.IMAGES])
+    assert not feats.requires_grad
+    torch.testing.assert_close(feats, models[False].eval()._image_features(batch[K.IMAGES]))  # eval-mode features
+    Criterion(every_term())(model(batch), batch)[0].backward()
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+    for name in ("text_encoder", "id_projection", "shared_mlp", "image_mlp", "cloth_projection"):
+        assert sum(p.grad.abs().sum() for p in getattr(model, name).parameters()) > 0, name
+    groups = param_groups(model, OptimConfig(image_lr=1e-4))
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in grouped for p in model.image_encoder.parameters())
+    assert "image_encoder" not in {g["name"] for g in groups}
+    torch.optim.AdamW([p for g in groups for p in g["params"]], lr=1e-2).step()
+    for k, v in model.image_encoder.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+    with pytest.raises(ConfigError, match=r"model.image_encoder.frozen: only for a loaded encoder"):
+        load_config(overrides=["model.image_encoder.frozen=true"])
+    with pytest.raises(ConfigError, match=r"model.image_encoder.gradient_checkpointing"):
+        load_config(overrides=[f"model.image_encoder.path={tmp_path / 'vit'}", "model.image_encoder.frozen=true",
+                               "model.image_encoder.gradient_checkpointing=true"])
+
+
 def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     message = f"model.image_encoder.path: '{missing}' does not exist.*hf download"

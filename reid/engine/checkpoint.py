@@ -213,11 +213,11 @@ def check_backend(path: Path, marker: dict[str, Any], backend: str) -> None:
 
 
 def check_compatible(path: Path, marker: dict[str, Any], model: torch.nn.Module, backend: str,
-                     groups: list[str] | None = None) -> None:
+                     groups: list[str] | None = None, sizes: list[int] | None = None) -> None:
     """Raise CheckpointError naming the first tensor whose shape differs (or that is missing), the
     backend the checkpoint needs when it was written under another one, or the optimizer's parameter
-    groups (``groups``, by name) when they differ from the checkpoint's (markers written before the
-    groups were recorded are not checked for them)."""
+    groups when they differ from the checkpoint's: ``groups`` by name, ``sizes`` by the number of
+    tensors each holds (markers written before either was recorded are not checked for it)."""
     check_backend(path, marker, backend)
     saved_groups = marker.get("optimizer_groups")
     if groups is not None and saved_groups is not None and list(saved_groups) != list(groups):
@@ -225,6 +225,13 @@ def check_compatible(path: Path, marker: dict[str, Any], model: torch.nn.Module,
             f"{path}: the optimizer's parameter groups are {saved_groups} in the checkpoint but {groups} in "
             "this run (optim.image_lr set in one and not the other?): resume with the optim settings it was "
             "written with"
+        )
+    saved_sizes = marker.get("optimizer_group_sizes")
+    if sizes is not None and saved_sizes is not None and list(saved_sizes) != list(sizes):
+        raise CheckpointError(
+            f"{path}: the optimizer's parameter groups hold {saved_sizes} tensors in the checkpoint but {sizes} "
+            "in this run (model.image_encoder.frozen or model.text_encoder.frozen set in one and not the "
+            "other?): resume with the model settings it was written with"
         )
     saved = marker.get("shapes", {})
     for name, shape in parameter_shapes(model).items():

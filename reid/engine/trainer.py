@@ -80,6 +80,7 @@ class _Trainer:
             ctx.model, cfg.optim, fused=accelerator.device.type == "cuda", cpu_offload=optimizer_offloaded(accelerator)
         )
         self.group_names = [group["name"] for group in optimizer.param_groups]  # before DeepSpeed wraps it
+        self.group_sizes = [len(group["params"]) for group in optimizer.param_groups]
         self.group_settings = [{key: group[key] for key in GROUP_SETTINGS if key in group} for group in optimizer.param_groups]
         self.model, self.optimizer = accelerator.prepare(ctx.model, optimizer)
         self.custom_state = [self.state]  # checkpointed beside the model and optimizer, in this order
@@ -129,7 +130,7 @@ class _Trainer:
         if start is None:
             return
         path, marker = start
-        check_compatible(path, marker, self.raw_model, self.backend, self.group_names)
+        check_compatible(path, marker, self.raw_model, self.backend, self.group_names, self.group_sizes)
         not_kept = load_checkpoint(self.accelerator, self.model, path, marker, self.custom_state, deepspeed=self.deepspeed,
                                    seed=self.cfg.train.seed, scratch=self.ctx.run_dir / "checkpoints")
         settings = self._configured_group_settings()
@@ -165,6 +166,7 @@ class _Trainer:
             "batch_size": self.plan.batch_size, "grad_accum": self.plan.grad_accum, "global_batch": self.plan.global_batch,
             "total_steps": self.total_steps, "backend": self.backend, "shapes": parameter_shapes(self.raw_model),
             "optimizer_groups": self.group_names,
+            "optimizer_group_sizes": self.group_sizes,
         }
         tick = time.perf_counter()
         path = save_checkpoint(

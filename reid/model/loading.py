@@ -11,6 +11,7 @@ before any weights are read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -75,10 +76,11 @@ def load_strict(cls: type, root: Path, where: str, kind: str, *, tolerated: tupl
     report = hf_logging.get_logger("transformers.modeling_utils")
     report.addFilter(_drop_load_report)
     try:
-        encoder, info = cls.from_pretrained(
-            str(root), local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
-            **{"attn_implementation": "sdpa", **kwargs},
-        )
+        with whole_tensors():
+            encoder, info = cls.from_pretrained(
+                str(root), local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
+                **{"attn_implementation": "sdpa", **kwargs},
+            )
     except OSError as exc:  # e.g. config.json present but no weight file
         raise MissingWeightsError(
             f"{where}.path: cannot load weights from '{root}' ({str(exc).splitlines()[0]}); "
@@ -93,6 +95,30 @@ def load_strict(cls: type, root: Path, where: str, kind: str, *, tolerated: tupl
             f"point {where}.path at a directory saved from that model"
         )
     return encoder
+
+
+@contextlib.contextmanager
+def whole_tensors():
+    """Load whole tensors on every process, under ZeRO-3 too.
+
+    transformers' ``from_pretrained`` loads straight into ZeRO-3 partitions (``deepspeed.zero.Init``:
+    every parameter an empty shard) whenever a stage-3 ``HfDeepSpeedConfig`` is alive, and accelerate
+    keeps one alive even with ``zero3_init_flag: false`` (accelerate 1.15). Resizing the position
+    embeddings then fails on the empty shard. reid's encoders are small enough to load whole on each
+    process; ZeRO-3 partitions them at ``accelerator.prepare``, as it does the heads.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = ref() if ref is not None else None
+    if config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def _drop_load_report(record: logging.LogRecord) -> bool:

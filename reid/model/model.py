@@ -21,6 +21,7 @@ parameter crashes DeepSpeed 0.19.8; a submodule call lets ZeRO-3 gather it even 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -184,6 +185,11 @@ class T2IReIDModel(nn.Module):
 
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
+        # model.*_encoder.frozen: the loaded weights stay as they are (train() keeps them in eval mode)
+        self.frozen = frozenset(name for name, enc in (("image_encoder", cfg.image_encoder), ("text_encoder", cfg.text_encoder))
+                                if enc.frozen)
+        for name in self.frozen:
+            getattr(self, name).requires_grad_(False).eval()
         self.id_projection = nn.Linear(W, H)
         self.id_classifier = nn.Linear(H, C) if needs.id_logits else None
         self.cloth_projection = nn.Linear(W, H) if needs.cloth_branch else None
@@ -218,6 +224,12 @@ class T2IReIDModel(nn.Module):
             self.log_temperature = None
             self.register_buffer("fixed_temperature", torch.full((1,), heads.temperature), persistent=False)
 
+    def train(self, mode: bool = True) -> "T2IReIDModel":
+        super().train(mode)
+        for name in self.frozen:  # dropout off and BatchNorm statistics kept, in training too
+            getattr(self, name).eval()
+        return self
+
     def compile_encoders(self) -> None:
         """``torch.compile`` both encoders in place (``Module.compile`` keeps state-dict names)."""
         self.image_encoder.compile()
@@ -243,6 +255,10 @@ class T2IReIDModel(nn.Module):
     def _pooled_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(N, L)`` -> the text encoder's pooled feature ``(N, H)`` (``model.text_pool``; a CLIP
         text tower's own ``text_embeds``, taken at the end-of-text token)."""
+        with torch.no_grad() if "text_encoder" in self.frozen else contextlib.nullcontext():
+            return self._pooled_text_of(input_ids, attention_mask)
+
+    def _pooled_text_of(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         if self.text_is_clip:
             # No mask: the tower's attention is causal and rows are padded on the right, so the
             # end-of-text position never sees the padding (a mask would only cost a host sync).
@@ -333,7 +349,8 @@ class T2IReIDModel(nn.Module):
         return {"image_embeds": image, "cloth_image_embeds": cloth}
 
     def _image_features(self, images: Tensor) -> Tensor:
-        return image_features(self.image_encoder, images)  # (B, H): [CLS], CLIP's projection or a CNN's pool
+        with torch.no_grad() if "image_encoder" in self.frozen else contextlib.nullcontext():
+            return image_features(self.image_encoder, images)  # (B, H): [CLS], CLIP's projection or a CNN's pool
 
     def _image_head(self, x: Tensor) -> Tensor:
         return F.normalize(self.image_mlp(self.shared_mlp(x)), dim=-1)
