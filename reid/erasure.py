@@ -45,15 +45,30 @@ EIGEN_FLOOR = 1e-6  # whitening: eigenvalues below this share of the largest are
 
 class ClothingEraser(nn.Module):
     """``r(x) = x - (x - mean) @ matrix.T`` on ``(N, E)`` rows; zeros (the identity map) until fitted.
-    Both are persistent buffers, so a checkpoint or export carries the fitted eraser."""
+    Both are persistent buffers, so a checkpoint or export carries the fitted eraser.
+
+    They stay float32 when the model is cast to 16 bits (DeepSpeed's bf16 casts the whole module,
+    buffers included), and the eraser computes in float32: a projection rounded to bf16 (~3
+    significant digits) no longer takes out exactly the directions it was fit to remove.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("matrix", torch.zeros(dim, dim))
 
+    def _apply(self, fn, recurse: bool = True):
+        kept = {name: self._buffers[name] for name in ("mean", "matrix")}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():  # moved with the model, never cast below float32
+            new = self._buffers[name]
+            if new.dtype != old.dtype and new.dtype.itemsize < 4:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
-        return x - (x - self.mean.to(x.dtype)) @ self.matrix.to(x.dtype).T
+        rows = x.float()
+        return (rows - (rows - self.mean.float()) @ self.matrix.float().T).to(x.dtype)
 
     @torch.no_grad()
     def load_fit(self, mean: Tensor, matrix: Tensor) -> None:

@@ -128,6 +128,29 @@ def test_the_model_applies_the_eraser_in_retrieval_only() -> None:
     assert "invariant_image_embeds" not in _tiny_model(rank=0)({keys.IMAGES: images})
 
 
+def test_the_eraser_stays_float32_when_the_model_is_cast_to_bf16() -> None:
+    """DeepSpeed's bf16 casts the whole module (``module.bfloat16()``), buffers included: the fitted
+    eraser keeps its float32 values and erases in float32 (a bf16-rounded projection no longer takes
+    out the directions it was fit to remove); ``.to(device)`` and ``.double()`` still apply."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 16)
+    z = x[:, :1] + 0.5 * x[:, 1:2]  # the concept: a mix of two coordinates
+    mean, matrix, _ = leace(x.double(), z.double(), rank=1)
+    eraser = ClothingEraser(16)
+    eraser.load_fit(mean.float(), matrix.float())
+    exact = eraser(x)
+    eraser.bfloat16()
+    assert eraser.matrix.dtype == eraser.mean.dtype == torch.float32
+    torch.testing.assert_close(eraser.matrix, matrix.float())
+    out = eraser(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), exact, rtol=1e-2, atol=1e-2)
+    rounded = x - (x - mean.float().bfloat16().float()) @ matrix.float().bfloat16().float().T  # the old bf16 buffers
+    erased = lambda rows: _cov(rows.double(), z.double()).abs().max()  # noqa: E731
+    assert erased(eraser(x)) < 1e-6 < erased(rounded)  # the rounded projection leaves the concept in
+    assert eraser.double().matrix.dtype == torch.float64
+
+
 def test_identity_queries_use_the_erased_rows_and_whole_captions_the_plain_ones() -> None:
     g = {"image_embeds": torch.ones(3, 2), "invariant_image_embeds": torch.zeros(3, 2), "cloth_image_embeds": torch.full((3, 2), 2.0)}
     assert torch.equal(gallery_rows(g, "clothing_invariant"), g["invariant_image_embeds"])
