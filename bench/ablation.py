@@ -125,6 +125,8 @@ ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_erased{rank}": ("percei
 ERASED["perceiving5k_wide_no_disentangle_erased8"] = ("perceiving5k_wide_no_disentangle", 8, [])
 ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_protect{keep}": (
     "perceiving5k_wide_cloth_detached_eraser", 16, [f"model.clothing_eraser.protect={keep}"]) for keep in (32, 64, 128)})
+ERASED.update({f"perceiving5k_wide_cloth_detached_eraser_frozen_erased{rank}": ("perceiving5k_wide_cloth_detached_eraser_frozen", rank, [])
+               for rank in (0, 24, 32)})
 ERASED["perceiving100_cloth_detached_erased_words"] = (
     "perceiving100_cloth_detached", 16, ["model.clothing_eraser.given_identity_text=false"])
 for _name, (_base, _rank, _over) in ERASED.items():
