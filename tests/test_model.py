@@ -402,6 +402,12 @@ def test_a_frozen_encoder_keeps_its_weights_and_eval_mode_and_the_heads_still_tr
     torch.optim.AdamW([p for g in groups for p in g["params"]], lr=1e-2).step()
     for k, v in model.image_encoder.state_dict().items():
         torch.testing.assert_close(v, before[k], msg=k)
+    build_text_encoder(EncoderConfig(preset="tiny"), vocab_size=VOCAB).save_pretrained(tmp_path / "bert")
+    text_frozen = tiny(every_term(), ModelConfig(text_encoder=EncoderConfig(path=str(tmp_path / "bert"), frozen=True))).train()
+    assert not text_frozen.text_encoder.training and text_frozen.image_encoder.training
+    Criterion(every_term())(text_frozen(batch), batch)[0].backward()
+    assert all(p.grad is None for p in text_frozen.text_encoder.parameters())
+    assert sum(p.grad.abs().sum() for p in text_frozen.image_encoder.parameters()) > 0
     with pytest.raises(ConfigError, match=r"model.image_encoder.frozen: only for a loaded encoder"):
         load_config(overrides=["model.image_encoder.frozen=true"])
     with pytest.raises(ConfigError, match=r"model.image_encoder.gradient_checkpointing"):
