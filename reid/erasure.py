@@ -67,8 +67,9 @@ class ClothingEraser(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.float()
-        return (rows - (rows - self.mean.float()) @ self.matrix.float().T).to(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 kept
+        rows = x.to(dtype)
+        return (rows - (rows - self.mean.to(dtype)) @ self.matrix.to(dtype).T).to(x.dtype)
 
     @torch.no_grad()
     def load_fit(self, mean: Tensor, matrix: Tensor) -> None:
