@@ -219,16 +219,17 @@ def check_compatible(path: Path, marker: dict[str, Any], model: torch.nn.Module,
     groups when they differ from the checkpoint's: ``groups`` by name, ``sizes`` by the number of
     tensors each holds (markers written before either was recorded are not checked for it)."""
     check_backend(path, marker, backend)
-    for key, ours, differ, hint in (
-        ("optimizer_groups", groups, "are {} in the checkpoint but {} in this run",
-         "optim.image_lr set in one and not the other?): resume with the optim settings it was written with"),
-        ("optimizer_group_sizes", sizes, "hold {} tensors in the checkpoint but {} in this run",
-         "model.image_encoder.frozen or model.text_encoder.frozen set in one and not the other?): resume "
-         "with the model settings it was written with"),
+    for key, ours, verb, unit, cause, section in (
+        ("optimizer_groups", groups, "are", "", "optim.image_lr", "optim"),
+        ("optimizer_group_sizes", sizes, "hold", " tensors",
+         "model.image_encoder.frozen or model.text_encoder.frozen", "model"),
     ):
         saved_value = marker.get(key)
         if ours is not None and saved_value is not None and list(saved_value) != list(ours):
-            raise CheckpointError(f"{path}: the optimizer's parameter groups {differ.format(saved_value, ours)} ({hint}")
+            raise CheckpointError(
+                f"{path}: the optimizer's parameter groups {verb} {saved_value}{unit} in the checkpoint but "
+                f"{ours} in this run ({cause} set in one and not the other?): resume with the {section} "
+                "settings it was written with")
     saved = marker.get("shapes", {})
     for name, shape in parameter_shapes(model).items():
         if name not in saved:
