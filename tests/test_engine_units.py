@@ -1,4 +1,5 @@
-"""Engine parts that need no process group: parameter groups, the lr schedule, the stop request.
+"""Engine parts that need no process group: parameter groups, the lr schedule, the stop request, the
+CPU thread count.
 (Checkpoints: tests/test_checkpoints.py.)"""
 
 import os
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from reid.config import OptimConfig
+from reid.engine.accel import cpu_threads
 from reid.engine.optim import apply_lr, build_optimizer, lr_factor, param_groups
 from reid.engine.signals import StopRequest
 
@@ -19,6 +21,17 @@ class Toy(torch.nn.Module):
         self.text_encoder = torch.nn.Linear(3, width)
         self.head = torch.nn.Linear(width, 2)
         self.scale = torch.nn.Parameter(torch.ones(1))
+
+
+def test_cpu_threads_share_the_usable_cores_among_the_processes_on_the_node(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # e.g. a SLURM allocation of 8 cores
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads(0) == (8, "8 usable cores / 1 process on this node; train.cpu_threads sets it")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert cpu_threads(0)[0] == 2  # 8 // 3: never more threads than cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert cpu_threads(0) == (1, "8 usable cores / 16 processes on this node; train.cpu_threads sets it")
+    assert cpu_threads(5) == (5, "train.cpu_threads=5")
 
 
 def test_param_groups_split_encoders_heads_and_decay():

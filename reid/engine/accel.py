@@ -68,12 +68,30 @@ def build_accelerator(cfg: Config) -> Accelerator:
             f"({accelerator.distributed_type}): on CPU use accelerate_configs/cpu_ddp.yaml or "
             "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N"
         )
+    if accelerator.device.type == "cpu":
+        threads, why = cpu_threads(cfg.train.cpu_threads)
+        torch.set_num_threads(threads)
+        if accelerator.is_main_process:
+            threads = torch.get_num_threads()
+            print(f"cpu: {threads} thread{'s' if threads > 1 else ''} per process ({why})", flush=True)
     if is_deepspeed(accelerator):
         _fill_deepspeed_config(accelerator, cfg)
         if torch.cuda.is_available() and accelerator.mixed_precision == "no" and accelerator.is_main_process:
             print("warning: DeepSpeed on GPU in fp32: pass --mixed_precision bf16 to accelerate launch "
                   '(the ds_configs JSONs say "bf16": "auto")', flush=True)
     return accelerator
+
+
+def cpu_threads(requested: int) -> tuple[int, str]:
+    """Intra-op threads for each process of a CPU run, and why: ``requested``, or (0) the cores this
+    process may use (its affinity: a SLURM allocation, a cgroup, ``taskset``) divided among the
+    processes on its node (torchrun's LOCAL_WORLD_SIZE), at least 1."""
+    if requested:
+        return requested, f"train.cpu_threads={requested}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    plural = "es" if local > 1 else ""
+    return max(1, cores // local), f"{cores} usable cores / {local} process{plural} on this node; train.cpu_threads sets it"
 
 
 def is_deepspeed(accelerator: Accelerator) -> bool:
