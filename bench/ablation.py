@@ -1,10 +1,12 @@
 """The clothing-change benchmark: variants x seeds through the real entry points, tables in docs/ablation.md.
 
     python bench/ablation.py [--config configs/synthetic_cc.yaml] [--seeds 0 1 2]
-        [--variants full no_disentangle ...] [--out /tmp/reid-ablation] [--reevaluate] [--no-train] [--no-doc]
+        [--variants full no_disentangle ...] [--out /tmp/reid-ablation] [--set KEY=VALUE ...]
+        [--reevaluate] [--no-train] [--no-doc]
 
 For every (variant, seed) it trains ``accelerate launch launch/train.py --config CONFIG train.seed=S
-<overrides>`` (1 process; the dataset's own seed stays fixed), then evaluates the exported ``best``
+<overrides>`` (1 process; the dataset's own seed stays fixed; ``--set`` adds overrides of its own to
+every run, e.g. ``train.epochs=24``, with an ``--out`` of their own), then evaluates the exported ``best``
 model (picked on val by the config's ``eval.select``) on the **test** split with ``accelerate launch
 launch/evaluate.py --json``; an ``*_erased`` variant is its base variant's ``best`` with the clothing
 eraser fit by ``launch/erase_clothing.py`` (no training), so it pairs with the base weight for weight. A run whose export / JSON exists is not redone (``--reevaluate`` redoes
@@ -164,18 +166,18 @@ def pretrain_once(encoder: Path, command: list[str], what: str) -> bool:
         return subprocess.run(command).returncode == 0
 
 
-def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool) -> dict:
+def run_one(out: Path, config: Path, variant: str, seed: int, reevaluate: bool, extra: list[str]) -> dict:
     name = f"{variant}-s{seed}"
     best = out / "runs" / name / "best"
     if variant in ERASED and not (best / "reid_model.json").is_file():
         base, rank, overrides = ERASED[variant]
-        run_one(out, config, base, seed, False)  # trains and evaluates the base run where it is missing
+        run_one(out, config, base, seed, False, extra)  # trains and evaluates the base run where it is missing
         accelerate(["launch/erase_clothing.py", "--checkpoint", str(out / "runs" / f"{base}-s{seed}" / "best"),
                     "--out", str(best), "--rank", str(rank), *overrides], out / "logs" / f"{name}.erase.log")
     elif not (best / "reid_model.json").is_file():
         start = time.time()
         accelerate(["launch/train.py", "--config", str(config), f"train.output_dir={out / 'runs'}",
-                    f"train.run_name={name}", f"train.seed={seed}", "train.progress=false", *VARIANTS[variant][0]],
+                    f"train.run_name={name}", f"train.seed={seed}", "train.progress=false", *VARIANTS[variant][0], *extra],
                    out / "logs" / f"{name}.train.log")
         (out / "runs" / name / "train_seconds.txt").write_text(f"{time.time() - start:.0f}\n")
         print(f"{name}: trained in {time.time() - start:.0f} s", flush=True)
@@ -298,6 +300,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["full", "no_disentangle", "id_text_full"], choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/reid-ablation"), help="runs, logs, eval JSONs")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="extra",
+                        help="overrides for every training run, after the variant's (give them an --out of their own)")
     parser.add_argument("--reevaluate", action="store_true", help="redo the evaluations of existing runs")
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs that exist")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/ablation.md alone (runs and results.json only)")
@@ -321,7 +325,7 @@ def main() -> int:
         for variant in args.variants:
             if args.no_train and not (args.out / "runs" / f"{variant}-s{seed}" / "best").is_dir():
                 continue
-            results.setdefault(variant, []).append(run_one(args.out, config, variant, seed, args.reevaluate))
+            results.setdefault(variant, []).append(run_one(args.out, config, variant, seed, args.reevaluate, args.extra))
     results = {v: results[v] for v in args.variants if v in results}
     if not results:
         print("error: no runs to tabulate", file=sys.stderr)

@@ -59,3 +59,39 @@ def test_a_failed_pretraining_is_reported_and_the_next_driver_retries(tmp_path: 
     driver = DRIVER.format(bench=str(REPO / "bench"), encoder=str(encoder), fake=str(fake))
     assert subprocess.run([sys.executable, "-c", driver], capture_output=True).returncode == 0
     assert (encoder / "config.json").is_file()
+
+
+def test_set_overrides_reach_every_training_run_after_the_variants(tmp_path: Path, monkeypatch) -> None:
+    """``--set`` overrides follow the variant's in the training command, also of the base run an
+    ``*_erased`` variant trains first. The entry points are recorded, not run (each is minutes and
+    tested on its own): the stand-in writes the files each would leave."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import ablation
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    calls: list[list[str]] = []
+
+    def fake_accelerate(args: list[str], log: Path) -> None:
+        calls.append(args)
+        value = dict(a.split("=", 1) for a in args if "=" in a)
+        if args[0] == "launch/train.py":
+            best = Path(value["train.output_dir"]) / value["train.run_name"] / "best"
+        elif args[0] == "launch/erase_clothing.py":
+            best = Path(args[args.index("--out") + 1])
+        else:
+            Path(args[args.index("--json") + 1]).parent.mkdir(parents=True, exist_ok=True)
+            Path(args[args.index("--json") + 1]).write_text("{}")
+            return
+        best.mkdir(parents=True)
+        (best / "reid_model.json").write_text("{}")
+
+    monkeypatch.setattr(ablation, "accelerate", fake_accelerate)
+    variant = "perceiving5k_wide_cloth_detached_eraser_frozen_erased32"
+    ablation.run_one(tmp_path, tmp_path / "cc.yaml", variant, 1, False, ["train.epochs=24"])
+    train, = [c for c in calls if c[0] == "launch/train.py"]
+    base_overrides = ablation.VARIANTS["perceiving5k_wide_cloth_detached_eraser_frozen"][0]
+    assert train[-len(base_overrides) - 1:] == [*base_overrides, "train.epochs=24"]
+    assert "train.run_name=perceiving5k_wide_cloth_detached_eraser_frozen-s1" in train and "train.seed=1" in train
+    assert [c[0] for c in calls] == ["launch/train.py", "launch/evaluate.py", "launch/erase_clothing.py", "launch/evaluate.py"]
+    assert calls[2][calls[2].index("--rank") + 1] == "32"
