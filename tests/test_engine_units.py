@@ -31,7 +31,7 @@ def test_cpu_threads_share_the_usable_cores_among_the_processes_on_the_node(monk
     assert cpu_threads(0)[0] == 2  # 8 // 3: never more threads than cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert cpu_threads(0) == (1, "8 usable cores / 16 processes on this node; train.cpu_threads sets it")
-    assert cpu_threads(5) == (5, "train.cpu_threads=5")
+    assert cpu_threads(5) == (5, "train.cpu_threads=5; 0 = the usable cores")
 
 
 def test_param_groups_split_encoders_heads_and_decay():

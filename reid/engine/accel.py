@@ -87,7 +87,7 @@ def cpu_threads(requested: int) -> tuple[int, str]:
     process may use (its affinity: a SLURM allocation, a cgroup, ``taskset``) divided among the
     processes on its node (torchrun's LOCAL_WORLD_SIZE), at least 1."""
     if requested:
-        return requested, f"train.cpu_threads={requested}"
+        return requested, f"train.cpu_threads={requested}; 0 = the usable cores"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     plural = "es" if local > 1 else ""
