@@ -99,7 +99,7 @@ def test_two_processes_equal_one(work, single, accel, form):
     proc = run_launch(train_args(tmp, root, name, 8, "train.max_steps=3", "train.eval_every=0", "train.cpu_threads=0",
                                  *CASES[form]), accel_config=accel)
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert f"cpu: {threads} thread{'s' if threads > 1 else ''} per process ({len(os.sched_getaffinity(0))} usable cores / 2 processes" in proc.stdout
+    assert f"cpu: {threads} thread{'s' if threads > 1 else ''} per process ({len(os.sched_getaffinity(0))} usable cores / 2 processes" in proc.stderr
     one_run, two_run = single(form), read_log(tmp / "runs" / name)
     assert [r["step"] for r in two_run] == [r["step"] for r in one_run] == [1, 2, 3]
     for one, two in zip(one_run, two_run):

@@ -36,7 +36,7 @@ def short_run(tmp_path_factory, synth_root):
 def test_run_prints_table_and_leaves_its_files(short_run):
     tmp, run, proc = short_run
     assert "val (best at step " in proc.stdout and f"run directory:  {run}" in proc.stdout
-    assert "cpu: 1 thread per process (train.cpu_threads=1; 0 = the usable cores)" in proc.stdout  # the default
+    assert "cpu: 1 thread per process (train.cpu_threads=1; 0 = the usable cores)" in proc.stderr  # the default
     assert (run / "config.yaml").is_file() and (run / "log.jsonl").is_file()
     assert (run / "best" / "reid_model.json").is_file() and (run / "final" / "reid_model.json").is_file()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())

@@ -16,6 +16,7 @@ ZeRO stage / offload   the DeepSpeed JSON named by the Accelerate config
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,9 +72,12 @@ def build_accelerator(cfg: Config) -> Accelerator:
     if accelerator.device.type == "cpu":
         threads, why = cpu_threads(cfg.train.cpu_threads)
         torch.set_num_threads(threads)
-        if accelerator.is_main_process:
+        if accelerator.is_main_process:  # on stderr: the first line on stdout belongs to the run (`| head` stops it)
             threads = torch.get_num_threads()
-            print(f"cpu: {threads} thread{'s' if threads > 1 else ''} per process ({why})", flush=True)
+            try:
+                print(f"cpu: {threads} thread{'s' if threads > 1 else ''} per process ({why})", file=sys.stderr, flush=True)
+            except OSError:  # a closed stderr costs the note only
+                pass
     if is_deepspeed(accelerator):
         _fill_deepspeed_config(accelerator, cfg)
         if torch.cuda.is_available() and accelerator.mixed_precision == "no" and accelerator.is_main_process:
